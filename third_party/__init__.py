@@ -1,0 +1,1 @@
+"""In-house PyTorch reference definitions, used only by tests and benchmarks."""
