@@ -1,0 +1,667 @@
+"""Procedurally generated faces: the project's embedded, download-free dataset.
+
+L2M-GAN edits one binary facial attribute while keeping identity and the
+irrelevant content (spec l2m_gan.md §a.1: "attribute correctness" and
+"irrelevance preservation"; §g: one two-domain `train/<domain>/` folder per
+attribute). No face data set can be downloaded here, so this module renders
+cartoon faces whose every factor of variation is known:
+
+* an identity vector of `len(IDENTITY_NAMES)` values, each uniform in [0, 1]
+  (face shape, skin tone, hair style and shade, eye spacing and size, iris
+  colour, eyebrows, nose, mouth width, background, clothing, pose jitter);
+* three binary attributes: `smiling` (local: the mouth curve), `eyeglasses`
+  (local: dark frames in the eye band) and `grey_hair` (global-ish, age-like:
+  the colour of all the hair and the eyebrows).
+
+Faces are drawn with PIL at 4x (2x above 128 px) the output size and
+downsampled with a Lanczos filter, which anti-aliases every edge. Each example
+is generated from its own `numpy.random.SeedSequence([seed, split, index])`,
+so the data set is identical for a given seed whatever the order or the number
+of examples asked for.
+
+Entry points:
+  sample_face(seed, split, index) -> (identity, attributes)
+  render_face(identity, attributes, image_size) -> uint8 [S, S, 3]
+  attribute_region_mask(identity, attribute, image_size) -> float32 [S, S]
+  generate_arrays(num, image_size, seed, split) -> dict of numpy arrays
+  SyntheticFaces: the tfds builder (`tfds.builder('synthetic_faces/64px')`).
+  export_folder_layout(root, attribute, ...): `train/<domain>/*.png` and
+    `val/<domain>/*.png`, the official ImageFolder layout.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import dataclasses
+import json
+import math
+import pathlib
+import shutil
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+# ----------------------------------------------------------------------------
+# Parameters.
+
+# Identity vector layout; every value is drawn uniformly from [0, 1].
+IDENTITY_NAMES = (
+    'face_width',      # half-width of the face ellipse
+    'face_height',     # half-height of the face ellipse
+    'skin_tone',       # 0 = light, 1 = dark
+    'hair_style',      # quantised to HAIR_STYLES by floor(3 u)
+    'hair_shade',      # lightness of the hair within its colour class
+    'eye_spacing',     # horizontal eye distance
+    'eye_size',        # eye radius
+    'iris_hue',        # iris colour, brown to blue
+    'brow_thickness',  # eyebrow line width
+    'nose_length',
+    'nose_width',
+    'mouth_width',
+    'bg_hue',          # background colour (low saturation)
+    'bg_value',        # background brightness
+    'shirt_hue',       # clothing colour
+    'pose_dx',         # horizontal shift of the whole head
+    'pose_dy',         # vertical shift of the whole head
+    'pose_angle',      # in-plane rotation, -6 to 6 degrees
+)
+IDENTITY_DIM = len(IDENTITY_NAMES)
+HAIR_STYLES = ('short', 'long', 'side_part')
+
+# Binary attributes and their two domain names, (absent, present). The names
+# sort so that label 0 = attribute absent, as the ImageFolder convention
+# assigns labels by sorted folder name (spec §c.1, §g).
+ATTRIBUTES = ('smiling', 'eyeglasses', 'grey_hair')
+DOMAINS = {
+    'smiling': ('no_smile', 'smile'),
+    'eyeglasses': ('bare_eyes', 'eyeglasses'),
+    'grey_hair': ('dark_hair', 'grey_hair'),
+}
+for _names in DOMAINS.values():
+  assert list(_names) == sorted(_names), _names
+
+SPLITS = ('train', 'val')
+_SPLIT_IDS = {'train': 0, 'val': 1}
+
+# Fixed colours (RGB, 0-255).
+_LIP_RGB = (176, 38, 52)
+_FRAME_RGB = (8, 8, 10)
+_EYE_WHITE_RGB = (246, 246, 242)
+_PUPIL_RGB = (20, 16, 16)
+_SKIN_LIGHT = np.array([245.0, 214.0, 186.0])
+_SKIN_DARK = np.array([122.0, 84.0, 62.0])
+_HAIR_DARK = np.array([66.0, 46.0, 30.0])   # luma about 50: never near-black
+_HAIR_BROWN = np.array([146.0, 100.0, 58.0])
+
+
+def _check_attribute(attribute: str) -> None:
+  if attribute not in ATTRIBUTES:
+    raise ValueError(f'unknown attribute {attribute!r}; expected one of '
+                     f'{", ".join(ATTRIBUTES)}')
+
+
+def _check_split(split: str) -> None:
+  if split not in _SPLIT_IDS:
+    raise ValueError(f'unknown split {split!r}; expected one of '
+                     f'{", ".join(SPLITS)}')
+
+
+def sample_face(seed: int, split: str, index: int
+                ) -> tuple[np.ndarray, dict[str, int]]:
+  """Draws the identity vector and attributes of one example.
+
+  Args:
+    seed: data set seed.
+    split: 'train' or 'val' (independent streams).
+    index: example index within the split.
+
+  Returns:
+    (identity float32 [IDENTITY_DIM] in [0, 1], {attribute: 0 or 1}).
+  """
+  _check_split(split)
+  rng = np.random.default_rng(
+      np.random.SeedSequence([int(seed), _SPLIT_IDS[split], int(index)]))
+  identity = rng.uniform(0.0, 1.0, IDENTITY_DIM).astype(np.float32)
+  bits = rng.integers(0, 2, len(ATTRIBUTES))
+  return identity, {a: int(b) for a, b in zip(ATTRIBUTES, bits)}
+
+
+def identity_dict(identity: Sequence[float]) -> dict[str, float]:
+  """Identity vector -> {name: value}."""
+  identity = np.asarray(identity, np.float32).reshape(-1)
+  if identity.shape[0] != IDENTITY_DIM:
+    raise ValueError(f'identity vector has {identity.shape[0]} values; '
+                     f'expected {IDENTITY_DIM} ({", ".join(IDENTITY_NAMES)})')
+  return {n: float(v) for n, v in zip(IDENTITY_NAMES, identity)}
+
+
+def hair_style_index(identity: Sequence[float]) -> int:
+  u = identity_dict(identity)['hair_style']
+  return min(int(u * len(HAIR_STYLES)), len(HAIR_STYLES) - 1)
+
+
+# ----------------------------------------------------------------------------
+# Geometry, in canvas units: (0, 0) top-left, (1, 1) bottom-right, y down.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Geometry:
+  """Derived drawing geometry of one face (canvas units, before the pose)."""
+  cx: float
+  cy: float
+  angle: float        # radians
+  face_a: float       # face half-width
+  face_b: float       # face half-height
+  eye_y: float
+  eye_dx: float
+  eye_rx: float
+  eye_ry: float
+  brow_w: float
+  nose_len: float
+  nose_w: float
+  mouth_y: float
+  mouth_hw: float
+  hair_style: int
+
+  def transform(self, pts: np.ndarray) -> np.ndarray:
+    """Rotates points [N, 2] about the face centre by the pose angle."""
+    c, s = math.cos(self.angle), math.sin(self.angle)
+    d = np.asarray(pts, np.float64) - (self.cx, self.cy)
+    return np.stack([self.cx + c * d[:, 0] - s * d[:, 1],
+                     self.cy + s * d[:, 0] + c * d[:, 1]], axis=1)
+
+
+def _geometry(identity: Sequence[float]) -> _Geometry:
+  p = identity_dict(identity)
+  face_a = 0.20 + 0.05 * p['face_width']
+  face_b = 0.26 + 0.04 * p['face_height']
+  cy = 0.50 + 0.06 * (p['pose_dy'] - 0.5)
+  eye_rx = 0.042 + 0.016 * p['eye_size']
+  return _Geometry(
+      cx=0.5 + 0.06 * (p['pose_dx'] - 0.5),
+      cy=cy,
+      angle=math.radians(12.0 * (p['pose_angle'] - 0.5)),
+      face_a=face_a,
+      face_b=face_b,
+      eye_y=cy - 0.22 * face_b,
+      eye_dx=face_a * (0.40 + 0.12 * p['eye_spacing']),
+      eye_rx=eye_rx,
+      eye_ry=eye_rx * 0.62,
+      brow_w=0.014 + 0.012 * p['brow_thickness'],
+      nose_len=0.07 + 0.05 * p['nose_length'],
+      nose_w=0.018 + 0.016 * p['nose_width'],
+      mouth_y=cy + 0.52 * face_b,
+      mouth_hw=face_a * (0.36 + 0.16 * p['mouth_width']),
+      hair_style=hair_style_index(identity),
+  )
+
+
+def _ellipse(cx, cy, rx, ry, n=48, start=0.0, stop=2 * math.pi) -> np.ndarray:
+  t = np.linspace(start, stop, n)
+  return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], axis=1)
+
+
+def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
+  r, g, b = colorsys.hsv_to_rgb(h % 1.0, s, v)
+  return int(round(255 * r)), int(round(255 * g)), int(round(255 * b))
+
+
+def _colours(identity, attributes) -> dict[str, tuple[int, int, int]]:
+  p = identity_dict(identity)
+  skin = (1 - p['skin_tone']) * _SKIN_LIGHT + p['skin_tone'] * _SKIN_DARK
+  if attributes['grey_hair']:
+    v = 145.0 + 60.0 * p['hair_shade']
+    hair = np.array([v, v, v + 4.0])
+  else:
+    hair = (1 - p['hair_shade']) * _HAIR_DARK + p['hair_shade'] * _HAIR_BROWN
+  brow = hair * 0.85
+  as_rgb = lambda c: tuple(int(round(float(x))) for x in np.clip(c, 0, 255))
+  return {
+      'skin': as_rgb(skin),
+      'skin_shadow': as_rgb(skin * 0.78),
+      'neck': as_rgb(skin * 0.9),
+      'hair': as_rgb(hair),
+      'brow': as_rgb(brow),
+      # Low-saturation background, so the lip-colour rule never fires on it.
+      'background': _hsv(p['bg_hue'], 0.17 + 0.10 * p['bg_value'],
+                         0.62 + 0.32 * p['bg_value']),
+      'shirt': _hsv(p['shirt_hue'], 0.40, 0.55),
+      # Iris hues from orange-brown (0.06) to blue (0.62), never red.
+      'iris': _hsv(0.06 + 0.56 * p['iris_hue'], 0.55, 0.50),
+  }
+
+
+def _hair_back(g: _Geometry) -> list[np.ndarray]:
+  """Hair polygons drawn behind the face."""
+  polys = [_ellipse(g.cx, g.cy - 0.05, g.face_a + 0.045, g.face_b + 0.02,
+                    start=math.pi, stop=2 * math.pi)]
+  # Close the dome down to the ear line.
+  polys[0] = np.concatenate(
+      [polys[0], [[g.cx + g.face_a + 0.045, g.cy + 0.02],
+                  [g.cx - g.face_a - 0.045, g.cy + 0.02]]])
+  if g.hair_style == 1:  # long: falls to the shoulders
+    x0, x1 = g.cx - g.face_a - 0.05, g.cx + g.face_a + 0.05
+    polys.append(np.array([[x0, g.cy - 0.05], [x1, g.cy - 0.05],
+                           [x1 + 0.01, g.cy + g.face_b + 0.12],
+                           [x0 - 0.01, g.cy + g.face_b + 0.12]]))
+  return polys
+
+
+def _hair_front(g: _Geometry) -> list[np.ndarray]:
+  """Fringe polygons drawn over the forehead."""
+  if g.hair_style == 2:  # side part: a fringe sloping down to one side
+    edge = _ellipse(g.cx, g.cy, g.face_a, g.face_b, n=40,
+                    start=math.pi * 1.05, stop=math.pi * 1.95)
+    ys = np.linspace(g.cy - 0.55 * g.face_b, g.cy - 0.78 * g.face_b,
+                     len(edge))
+    lower = np.stack([edge[:, 0], np.maximum(edge[:, 1], ys)], axis=1)
+    return [np.concatenate([edge, lower[::-1]])]
+  fringe_y = g.cy - (0.62 if g.hair_style == 0 else 0.68) * g.face_b
+  arc = _ellipse(g.cx, g.cy, g.face_a + 0.004, g.face_b + 0.004, n=40,
+                 start=math.pi, stop=2 * math.pi)
+  arc = arc[arc[:, 1] <= fringe_y + 1e-9]
+  return [np.concatenate([arc, [[arc[-1, 0], fringe_y],
+                                [arc[0, 0], fringe_y]]])]
+
+
+def _mouth_curve(g: _Geometry, smiling: int, n: int = 24) -> np.ndarray:
+  """Centre line of the lips: a U with raised corners when smiling."""
+  t = np.linspace(-1.0, 1.0, n)
+  # Height of the centre below the corners: 0.05 canvas units for a smile;
+  # a neutral mouth sags slightly at the corners instead.
+  depth = 0.05 if smiling else -0.006
+  y = g.mouth_y + depth * (1.0 - t ** 2) - (depth * 0.5 if smiling else 0.0)
+  return np.stack([g.cx + g.mouth_hw * t, y], axis=1)
+
+
+def _glasses_rims(g: _Geometry) -> tuple[list[np.ndarray], float]:
+  r = g.eye_rx * 1.45 + 0.012
+  rims = [_ellipse(g.cx + sx * g.eye_dx, g.eye_y, r, r * 0.8)
+          for sx in (-1.0, 1.0)]
+  return rims, r
+
+
+def _draw(identity, attributes, size: int, supersample: int,
+          region: str | None = None) -> Image.Image:
+  """Draws a face (region None) or the white-on-black mask of a region."""
+  g = _geometry(identity)
+  col = _colours(identity, attributes)
+  canvas = size * supersample
+  mode = 'RGB' if region is None else 'L'
+  img = Image.new(mode, (canvas, canvas),
+                  col['background'] if region is None else 0)
+  draw = ImageDraw.Draw(img)
+
+  def px(pts):
+    return [tuple(p) for p in (g.transform(pts) * canvas).tolist()]
+
+  def poly(pts, fill):
+    draw.polygon(px(pts), fill=fill)
+
+  def line(pts, fill, width, closed=False):
+    pts = np.asarray(pts)
+    if closed:
+      pts = np.concatenate([pts, pts[:1]])
+    w = max(1, int(round(width * canvas)))
+    draw.line(px(pts), fill=fill, width=w, joint='curve')
+    # Round caps: PIL lines have square ends.
+    for end in (pts[0], pts[-1]):
+      c = g.transform(end[None])[0] * canvas
+      draw.ellipse([c[0] - w / 2, c[1] - w / 2, c[0] + w / 2, c[1] + w / 2],
+                   fill=fill)
+
+  if region is not None:
+    if region == 'smiling':
+      # Both mouth shapes plus the cheeks they can pull.
+      poly(_ellipse(g.cx, g.mouth_y, g.mouth_hw + 0.05, 0.085), 255)
+    elif region == 'eyeglasses':
+      rims, r = _glasses_rims(g)
+      for rim_pts in rims:
+        line(rim_pts, 255, 0.028 + 0.03, closed=True)
+        poly(rim_pts, 255)
+      line([[g.cx - g.eye_dx, g.eye_y], [g.cx + g.eye_dx, g.eye_y]], 255,
+           0.06)
+      line([[g.cx - g.face_a - 0.01, g.eye_y - 0.01],
+            [g.cx + g.face_a + 0.01, g.eye_y - 0.01]], 255, 0.05)
+    elif region == 'grey_hair':
+      for p_ in _hair_back(g) + _hair_front(g):
+        poly(p_, 255)
+        line(p_, 255, 0.02, closed=True)
+      for sx in (-1.0, 1.0):
+        ex = g.cx + sx * g.eye_dx
+        line([[ex - g.eye_rx, g.eye_y - g.eye_ry - 0.035],
+              [ex + g.eye_rx, g.eye_y - g.eye_ry - 0.035]], 255,
+             g.brow_w + 0.03)
+    else:
+      _check_attribute(region)
+    return img
+
+  # Clothes and neck.
+  poly(np.array([[g.cx - 0.40, 1.05], [g.cx - 0.30, g.cy + g.face_b + 0.10],
+                 [g.cx + 0.30, g.cy + g.face_b + 0.10], [g.cx + 0.40, 1.05]]),
+       col['shirt'])
+  poly(np.array([[g.cx - 0.45 * g.face_a, g.cy + 0.5 * g.face_b],
+                 [g.cx + 0.45 * g.face_a, g.cy + 0.5 * g.face_b],
+                 [g.cx + 0.5 * g.face_a, g.cy + g.face_b + 0.12],
+                 [g.cx - 0.5 * g.face_a, g.cy + g.face_b + 0.12]]),
+       col['neck'])
+  for p_ in _hair_back(g):
+    poly(p_, col['hair'])
+  # Ears, then the face.
+  for sx in (-1.0, 1.0):
+    poly(_ellipse(g.cx + sx * g.face_a, g.cy - 0.02, 0.03, 0.05),
+         col['skin_shadow'])
+  poly(_ellipse(g.cx, g.cy, g.face_a, g.face_b, n=72), col['skin'])
+  for p_ in _hair_front(g):
+    poly(p_, col['hair'])
+  # Eyes and eyebrows.
+  for sx in (-1.0, 1.0):
+    ex = g.cx + sx * g.eye_dx
+    poly(_ellipse(ex, g.eye_y, g.eye_rx, g.eye_ry), _EYE_WHITE_RGB)
+    poly(_ellipse(ex, g.eye_y, g.eye_ry * 0.92, g.eye_ry * 0.92),
+         col['iris'])
+    poly(_ellipse(ex, g.eye_y, g.eye_ry * 0.35, g.eye_ry * 0.35), _PUPIL_RGB)
+    by = g.eye_y - g.eye_ry - 0.035
+    line([[ex - g.eye_rx, by + 0.008], [ex, by], [ex + g.eye_rx, by + 0.006]],
+         col['brow'], g.brow_w)
+  # Nose.
+  ny = g.eye_y + 0.03
+  line([[g.cx, ny], [g.cx - g.nose_w, ny + g.nose_len],
+        [g.cx + g.nose_w * 0.6, ny + g.nose_len]], col['skin_shadow'], 0.013)
+  # Mouth.
+  line(_mouth_curve(g, attributes['smiling']), _LIP_RGB, 0.03)
+  # Eyeglasses: two rims, a bridge and the temples.
+  if attributes['eyeglasses']:
+    rims, r = _glasses_rims(g)
+    for rim_pts in rims:
+      line(rim_pts, _FRAME_RGB, 0.028, closed=True)
+    line([[g.cx - g.eye_dx + r, g.eye_y - 0.01],
+          [g.cx + g.eye_dx - r, g.eye_y - 0.01]], _FRAME_RGB, 0.024)
+    for sx in (-1.0, 1.0):
+      line([[g.cx + sx * (g.eye_dx + r), g.eye_y - 0.01],
+            [g.cx + sx * (g.face_a + 0.005), g.eye_y - 0.02]],
+           _FRAME_RGB, 0.022)
+  return img
+
+
+def _supersample(size: int) -> int:
+  return 4 if size <= 128 else 2
+
+
+def _check_size(image_size: int) -> None:
+  if not isinstance(image_size, (int, np.integer)) or not (
+      16 <= image_size <= 512):
+    raise ValueError(f'image_size must be an integer in [16, 512], got '
+                     f'{image_size!r}')
+
+
+def render_face(identity: Sequence[float], attributes: Mapping[str, int],
+                image_size: int = 64) -> np.ndarray:
+  """Renders one face.
+
+  Args:
+    identity: identity vector [IDENTITY_DIM] in [0, 1].
+    attributes: {'smiling', 'eyeglasses', 'grey_hair'} -> 0/1.
+    image_size: output side in pixels.
+
+  Returns:
+    uint8 [image_size, image_size, 3].
+  """
+  _check_size(image_size)
+  missing = [a for a in ATTRIBUTES if a not in attributes]
+  if missing:
+    raise ValueError(f'attributes lack {missing}; expected keys {ATTRIBUTES}')
+  img = _draw(identity, attributes, image_size, _supersample(image_size))
+  img = img.resize((image_size, image_size), Image.LANCZOS)
+  return np.asarray(img, np.uint8)
+
+
+def attribute_region_mask(identity: Sequence[float], attribute: str,
+                          image_size: int = 64,
+                          dilate_px: int = 1) -> np.ndarray:
+  """Where the attribute may change the image, from the rendering geometry.
+
+  The mask covers the attribute's pixels for both of its values (the mouth for
+  `smiling`, the frames and the eye band for `eyeglasses`, all hair and the
+  eyebrows for `grey_hair`), dilated by `dilate_px` output pixels.
+
+  Returns:
+    float32 [image_size, image_size] in {0, 1}; 1 = inside the region.
+  """
+  _check_size(image_size)
+  _check_attribute(attribute)
+  attrs = {a: 0 for a in ATTRIBUTES}
+  img = _draw(identity, attrs, image_size, _supersample(image_size),
+              region=attribute)
+  img = img.resize((image_size, image_size), Image.BOX)
+  if dilate_px > 0:
+    img = img.filter(ImageFilter.MaxFilter(2 * dilate_px + 1))
+  return (np.asarray(img) > 0).astype(np.float32)
+
+
+def generate_arrays(num: int, image_size: int = 64, seed: int = 0,
+                    split: str = 'train', start: int = 0) -> dict[str, Any]:
+  """Generates examples [start, start + num) of a split as numpy arrays.
+
+  Returns:
+    {'image': uint8 [N, S, S, 3], 'identity': float32 [N, IDENTITY_DIM],
+     'hair_style': int32 [N], 'index': int64 [N], and one int32 [N] array per
+     attribute}.
+  """
+  _check_split(split)
+  _check_size(image_size)
+  if num < 0:
+    raise ValueError(f'num must be >= 0, got {num}')
+  images = np.zeros((num, image_size, image_size, 3), np.uint8)
+  identity = np.zeros((num, IDENTITY_DIM), np.float32)
+  labels = {a: np.zeros((num,), np.int32) for a in ATTRIBUTES}
+  styles = np.zeros((num,), np.int32)
+  for k in range(num):
+    ident, attrs = sample_face(seed, split, start + k)
+    images[k] = render_face(ident, attrs, image_size)
+    identity[k] = ident
+    styles[k] = hair_style_index(ident)
+    for a in ATTRIBUTES:
+      labels[a][k] = attrs[a]
+  out = {'image': images, 'identity': identity, 'hair_style': styles,
+         'index': np.arange(start, start + num, dtype=np.int64)}
+  out.update(labels)
+  return out
+
+
+def region_masks(identity: np.ndarray, attribute: str, image_size: int,
+                 dilate_px: int = 1) -> np.ndarray:
+  """Batched `attribute_region_mask`: identity [N, D] -> float32 [N, S, S]."""
+  return np.stack([attribute_region_mask(v, attribute, image_size, dilate_px)
+                   for v in np.asarray(identity)])
+
+
+# ----------------------------------------------------------------------------
+# tensorflow-datasets builder.
+
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticFacesConfig(tfds.core.BuilderConfig):
+  """Size and seed of a generated-faces data set."""
+  image_size: int = 64   # output side, pixels
+  num_train: int = 2000  # examples in the 'train' split
+  num_val: int = 200     # examples in the 'val' split
+  seed: int = 0          # data set seed; same seed -> identical data
+
+
+def make_config(image_size: int = 64, num_train: int = 2000,
+                num_val: int = 200, seed: int = 0) -> SyntheticFacesConfig:
+  """A config whose name encodes all its values (one cache dir per setting)."""
+  _check_size(image_size)
+  for name, v in (('num_train', num_train), ('num_val', num_val)):
+    if v < 1:
+      raise ValueError(f'{name} must be >= 1, got {v}')
+  return SyntheticFacesConfig(
+      name=f'{image_size}px_{num_train}x{num_val}_seed{seed}',
+      description=f'{image_size}px faces, {num_train} train / {num_val} val, '
+                  f'seed {seed}',
+      image_size=image_size, num_train=num_train, num_val=num_val, seed=seed)
+
+
+class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
+  """Procedurally rendered faces with identity vectors and binary attributes.
+
+  Nothing is downloaded: `_split_generators` returns the generators directly.
+  Custom sizes: `SyntheticFaces(config=make_config(32, 500, 100, seed=3),
+  data_dir=...)`.
+  """
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  BUILDER_CONFIGS = [
+      SyntheticFacesConfig(name='64px', description='64 px, 2000/200',
+                           image_size=64),
+      SyntheticFacesConfig(name='32px', description='32 px, 2000/200',
+                           image_size=32),
+      SyntheticFacesConfig(name='128px', description='128 px, 4000/400',
+                           image_size=128, num_train=4000, num_val=400),
+      SyntheticFacesConfig(name='256px', description='256 px, 4000/400',
+                           image_size=256, num_train=4000, num_val=400),
+  ]
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    s = self.builder_config.image_size
+    features = {
+        'image': tfds.features.Image(shape=(s, s, 3)),
+        'identity': tfds.features.Tensor(shape=(IDENTITY_DIM,),
+                                         dtype=np.float32),
+        'params': tfds.features.FeaturesDict(
+            {n: tfds.features.Scalar(dtype=np.float32)
+             for n in IDENTITY_NAMES}),
+        'hair_style': tfds.features.ClassLabel(names=list(HAIR_STYLES)),
+        'index': tfds.features.Scalar(dtype=np.int64),
+    }
+    for a in ATTRIBUTES:
+      features[a] = tfds.features.ClassLabel(names=list(DOMAINS[a]))
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__.split('\n\n')[0],
+        features=tfds.features.FeaturesDict(features),
+        supervised_keys=('image', 'smiling'),
+        metadata=tfds.core.MetadataDict(
+            identity_names=list(IDENTITY_NAMES), seed=self.builder_config.seed,
+            domains={a: list(d) for a, d in DOMAINS.items()}),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    cfg = self.builder_config
+    return {'train': self._generate_examples('train', cfg.num_train),
+            'val': self._generate_examples('val', cfg.num_val)}
+
+  def _generate_examples(self, split: str, num: int):
+    cfg = self.builder_config
+    for index in range(num):
+      identity, attrs = sample_face(cfg.seed, split, index)
+      ex = {
+          'image': render_face(identity, attrs, cfg.image_size),
+          'identity': identity,
+          'params': identity_dict(identity),
+          'hair_style': hair_style_index(identity),
+          'index': index,
+      }
+      ex.update(attrs)
+      yield index, ex
+
+
+def load_split(data_dir: str, split: str = 'train', image_size: int = 64,
+               num_train: int = 2000, num_val: int = 200, seed: int = 0
+               ) -> dict[str, np.ndarray]:
+  """Builds (if needed) and reads one split into numpy arrays, sorted by index."""
+  builder = SyntheticFaces(config=make_config(image_size, num_train, num_val,
+                                              seed), data_dir=data_dir)
+  builder.download_and_prepare()
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  rows = list(tfds.as_numpy(ds))
+  rows.sort(key=lambda r: int(r['index']))
+  out = {k: np.stack([r[k] for r in rows])
+         for k in ('image', 'identity', 'hair_style', 'index') + ATTRIBUTES}
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Export to the official folder layout.
+
+
+def export_folder_layout(root: str | pathlib.Path, attribute: str = 'smiling',
+                         image_size: int = 64, num_train: int = 2000,
+                         num_val: int = 200, seed: int = 0,
+                         overwrite: bool = False, progress=None
+                         ) -> dict[str, Any]:
+  """Writes `root/{train,val}/<domain>/<index>.png` for one attribute.
+
+  Domains are DOMAINS[attribute] (sorted, label 0 = attribute absent). Next
+  to the split folders, `root/features_<split>.npz` holds, per written file,
+  its relative path (`path`), the identity vector and every attribute, so metrics can
+  rebuild region masks and identity targets; `root/synthetic_faces.json`
+  records the generation settings. The files are the same pixels the tfds
+  builder stores for the same seed.
+
+  Args:
+    root: output directory (created).
+    attribute: which attribute defines the domains.
+    image_size, num_train, num_val, seed: generation settings.
+    overwrite: replace an existing non-empty `root`.
+    progress: optional callable(message) for progress lines.
+
+  Returns:
+    {'root', 'domains', 'counts': {split: {domain: n}}}.
+  """
+  _check_attribute(attribute)
+  root = pathlib.Path(root)
+  settings = dict(attribute=attribute, image_size=int(image_size),
+                  num_train=int(num_train), num_val=int(num_val),
+                  seed=int(seed), version=str(SyntheticFaces.VERSION))
+  meta_path = root / 'synthetic_faces.json'
+  if root.exists() and any(root.iterdir()):
+    if meta_path.is_file() and json.loads(meta_path.read_text()) == settings:
+      counts = json.loads((root / 'counts.json').read_text())
+      return {'root': str(root), 'domains': list(DOMAINS[attribute]),
+              'counts': counts, 'reused': True}
+    if not overwrite:
+      raise FileExistsError(
+          f'{root}: exists, is not empty and was not written with these '
+          f'settings ({settings}); pass overwrite=True (--overwrite) to '
+          'replace it')
+    shutil.rmtree(root)
+  counts = {}
+  for split, num in (('train', num_train), ('val', num_val)):
+    data = generate_arrays(num, image_size, seed, split)
+    counts[split] = {d: 0 for d in DOMAINS[attribute]}
+    files = []
+    for d in DOMAINS[attribute]:
+      (root / split / d).mkdir(parents=True, exist_ok=True)
+    for k in range(num):
+      domain = DOMAINS[attribute][data[attribute][k]]
+      rel = f'{split}/{domain}/{int(data["index"][k]):06d}.png'
+      Image.fromarray(data['image'][k]).save(root / rel)
+      files.append(rel)
+      counts[split][domain] += 1
+    np.savez(root / f'features_{split}.npz', path=np.array(files),
+             identity=data['identity'], hair_style=data['hair_style'],
+             index=data['index'], **{a: data[a] for a in ATTRIBUTES})
+    if progress is not None:
+      progress(f'{split}: wrote {num} images to {root / split} '
+               f'({counts[split]})')
+  (root / 'counts.json').write_text(json.dumps(counts))
+  meta_path.write_text(json.dumps(settings))
+  return {'root': str(root), 'domains': list(DOMAINS[attribute]),
+          'counts': counts, 'reused': False}
+
+
+def load_features(root: str | pathlib.Path, split: str) -> dict[str, np.ndarray]:
+  """Reads `root/features_<split>.npz` written by `export_folder_layout`."""
+  path = pathlib.Path(root) / f'features_{split}.npz'
+  if not path.is_file():
+    raise FileNotFoundError(f'{path}: no feature file; was {root} written by '
+                            'export_folder_layout?')
+  with np.load(path) as f:
+    return {k: f[k] for k in f.files}
