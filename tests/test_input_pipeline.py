@@ -1,0 +1,139 @@
+"""input_pipeline.py on small generated folder datasets."""
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from configs import tiny
+from l2m_jax import input_pipeline
+
+
+def make_folder(root, counts=(('a', 2), ('b', 6)), val=1, size=(40, 36),
+                seed=0):
+  """train/<domain>/*.png (+ val/) with random RGB images; returns root."""
+  rng = np.random.default_rng(seed)
+  for split, per in (('train', None), ('val', val)):
+    for name, n in counts:
+      d = root / split / name
+      d.mkdir(parents=True, exist_ok=True)
+      for i in range(per or n):
+        arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        ext = 'png' if i % 2 == 0 else 'jpg'
+        Image.fromarray(arr).save(d / f'{i:03d}.{ext}')
+  return root
+
+
+def _config(root, **kw):
+  c = tiny.get_config()
+  c.data_dir = str(root)
+  c.update(kw)
+  return c
+
+
+def _take(config, n, start=0, **kw):
+  it = input_pipeline.train_iterator(config, start, **kw)
+  return [next(it) for _ in range(n)]
+
+
+def test_batches_shapes_ranges_and_labels(tmp_path):
+  config = _config(make_folder(tmp_path))
+  (b,) = _take(config, 1)
+  assert b['x_src'].shape == (4, 32, 32, 3) and b['x_src'].dtype == np.float32
+  assert b['x_src'].min() >= -1 and b['x_src'].max() <= 1
+  assert set(b['y_src']) <= {0, 1} and set(b['y_trg']) <= {0, 1}
+  assert input_pipeline.domains(config.data_dir) == ['a', 'b']
+
+
+def test_stream_is_a_function_of_the_step(tmp_path):
+  """Resuming at step k yields what an uninterrupted stream yields at k."""
+  config = _config(make_folder(tmp_path))
+  full = _take(config, 4)
+  resumed = _take(config, 2, start=2)
+  for want, got in zip(full[2:], resumed):
+    for k in want:
+      np.testing.assert_array_equal(want[k], got[k])
+  assert not np.array_equal(full[0]['x_src'], full[1]['x_src'])
+
+
+def test_sampling_is_class_balanced(tmp_path):
+  """WeightedRandomSampler(1/|class|): 2 vs 6 images, each class ~50 %."""
+  config = _config(make_folder(tmp_path), batch_size=16, randcrop_prob=0.0)
+  batches = _take(config, 8)
+  y_src = np.concatenate([b['y_src'] for b in batches])
+  y_trg = np.concatenate([b['y_trg'] for b in batches])
+  # 128 draws; 5 sigma of a fair coin is +-0.22.
+  assert abs(y_src.mean() - 0.5) < 0.22 and abs(y_trg.mean() - 0.5) < 0.22
+  assert np.mean(y_src == y_trg) < 0.9  # independent reference draw
+
+
+def test_no_crop_no_flip_matches_pil_resize(tmp_path):
+  """randcrop_prob=0, flip_prob=0 is Resize + normalise (PIL reference)."""
+  root = make_folder(tmp_path, counts=(('a', 1), ('b', 1)), size=(64, 64))
+  config = _config(root, randcrop_prob=0.0, flip_prob=0.0)
+  (b,) = _take(config, 1)
+  refs = {}
+  for y, name in enumerate(('a', 'b')):
+    img = Image.open(root / 'train' / name / '000.png').convert('RGB')
+    img = img.resize((32, 32), Image.BILINEAR)
+    refs[y] = np.asarray(img, np.float32) / 127.5 - 1
+  for x, y in zip(b['x_src'], b['y_src']):
+    # PIL and TF antialiased bilinear differ slightly on random noise.
+    assert np.abs(x - refs[int(y)]).mean() < 0.03
+  config.flip_prob = 1.0
+  (bf,) = _take(config, 1)
+  np.testing.assert_allclose(bf['x_src'], b['x_src'][:, :, ::-1], atol=1e-6)
+
+
+def test_random_resized_crop_box_follows_torchvision_constraints():
+  scale, ratio = (0.8, 1.0), (0.9, 1.1)
+  areas, ratios = [], []
+  for i in range(200):
+    top, left, h, w = [int(v) for v in input_pipeline._random_resized_crop_box(
+        tf.constant([i, 7], tf.int64), 50, 40, scale, ratio)]
+    assert 0 <= top <= 50 - h and 0 <= left <= 40 - w and h > 0 and w > 0
+    areas.append(h * w / 2000)
+    ratios.append(w / h)
+  # Rounding to whole pixels widens the ranges by about one pixel.
+  assert min(areas) > 0.8 - 0.05 and max(areas) <= 1.0
+  assert min(ratios) > 0.9 - 0.05 and max(ratios) < 1.1 + 0.05
+  assert np.std(areas) > 0.02  # really random
+
+
+def test_processes_draw_different_halves(tmp_path):
+  config = _config(make_folder(tmp_path))
+  (p0,) = _take(config, 1, process_index=0, process_count=2)
+  (p1,) = _take(config, 1, process_index=1, process_count=2)
+  assert p0['x_src'].shape[0] == 2 == p1['x_src'].shape[0]
+  assert not np.array_equal(p0['x_src'], p1['x_src'])
+
+
+def test_corrupt_files_are_all_reported_before_training(tmp_path):
+  root = make_folder(tmp_path)
+  bad1 = root / 'train' / 'a' / 'broken.png'
+  bad2 = root / 'val' / 'b' / 'truncated.jpg'
+  bad1.write_bytes(b'not an image')
+  good = (root / 'train' / 'b' / '001.jpg').read_bytes()
+  bad2.write_bytes(good[:len(good) // 3])
+  with pytest.raises(input_pipeline.DatasetError) as e:
+    input_pipeline.check_files(root)
+  assert str(bad1) in str(e.value) and str(bad2) in str(e.value)
+  assert '2 unreadable' in str(e.value)
+
+
+def test_missing_folder_and_wrong_domain_count_are_clear(tmp_path):
+  with pytest.raises(input_pipeline.DatasetError, match='not a directory'):
+    input_pipeline.domains(tmp_path / 'nope')
+  config = _config(make_folder(tmp_path), num_domains=3)
+  with pytest.raises(input_pipeline.DatasetError, match='num_domains=3'):
+    _take(config, 1)
+
+
+def test_eval_dataset_and_fixed_sources(tmp_path):
+  config = _config(make_folder(tmp_path, val=3))
+  batches = list(input_pipeline.eval_dataset(config, batch_size=4).as_numpy_iterator())
+  assert sum(len(b['label']) for b in batches) == 6
+  assert batches[0]['image'].shape[1:] == (32, 32, 3)
+  x, y = input_pipeline.fixed_sources(config, 3)
+  assert x.shape == (3, 32, 32, 3) and list(y) == [0, 1, 0]
