@@ -1,0 +1,160 @@
+"""Edits face images with a converted L2M-GAN checkpoint.
+
+  python scripts/edit.py --checkpoint converted/l2m_smiling \
+      --input photos/ --target smile --degrees 0 0.5 1 1.25 --out edits/
+
+For each input image (a file, or every .png/.jpg/.jpeg in a folder; any size,
+RGB/RGBA/grayscale; resized to the model's img_size with PIL bilinear as the
+official loader does) and each degree a, writes
+`<out>/degree_<a>/<stem>.png` = G(x, s + a (T_y'(s_r) - s_r), masks(x)),
+clamped and quantised as the official `save_image`, and `<out>/grid.png`
+(rows = inputs, columns = input | one column per degree).
+
+The model config comes from the checkpoint's meta.json; there are no model
+flags. Unreadable or corrupt images are reported (path and reason) and
+skipped; with --strict the run stops before editing anything instead. The
+exit status is 0 when every readable image was edited, 1 when some inputs
+were skipped, 2 on usage errors.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
+import time  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(
+      description='Edit face images with a converted L2M-GAN checkpoint.')
+  p.add_argument('--checkpoint', required=True,
+                 help='converted checkpoint directory (meta.json + '
+                 'variables/) from scripts/convert_checkpoint.py')
+  p.add_argument('--input', required=True,
+                 help='an image file or a folder of .png/.jpg/.jpeg images')
+  p.add_argument('--target', required=True,
+                 help='target domain: name (e.g. smile) or index')
+  p.add_argument('--source', default=None,
+                 help='source domain of the inputs: name or index (default: '
+                 'the other domain of a 2-domain model; required otherwise)')
+  p.add_argument('--degrees', type=float, nargs='+', default=[1.0],
+                 help='edit strengths a (0 = unedited code, 1 = official '
+                 'edit, >1 extrapolates); default 1')
+  p.add_argument('--out', required=True, help='output directory')
+  p.add_argument('--batch-size', type=int, default=8,
+                 help='images per device batch (default 8)')
+  p.add_argument('--strict', action='store_true',
+                 help='stop (exit 2) if any input image is unreadable '
+                 'instead of skipping it')
+  return p.parse_args(argv)
+
+
+def _fail(msg: str) -> int:
+  print(f'error: {msg}', file=sys.stderr)
+  return 2
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from l2m_jax import editing, image_io  # pylint: disable=g-import-not-at-top
+  from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
+  from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
+
+  if args.batch_size < 1:
+    return _fail(f'--batch-size must be >= 1, got {args.batch_size}')
+  for a in args.degrees:
+    if not np.isfinite(a):
+      return _fail(f'--degrees must be finite numbers, got {a}')
+
+  # Inputs.
+  inp = pathlib.Path(args.input)
+  if inp.is_dir():
+    try:
+      paths = image_io.list_images(inp)
+    except ValueError as e:
+      return _fail(str(e))
+  elif inp.is_file():
+    paths = [inp]
+  else:
+    return _fail(f'{inp}: no such file or directory')
+
+  # Model.
+  try:
+    variables, config = l2m_convert.load_l2m_checkpoint(args.checkpoint)
+  except (FileNotFoundError, ValueError, t2f.ConversionError) as e:
+    return _fail(str(e))
+  try:
+    target = config.domain_index(args.target)
+    if args.source is None:
+      if config.num_domains != 2:
+        return _fail(f'--source is required for a {config.num_domains}-'
+                     f'domain model (domains {list(config.domains)})')
+      source = 1 - target
+    else:
+      source = config.domain_index(args.source)
+  except ValueError as e:
+    return _fail(str(e))
+  if source == target:
+    print(f'warning: source and target are both {config.domains[target]!r}',
+          file=sys.stderr)
+  print(f'model: img_size {config.img_size}, domains {list(config.domains)}, '
+        f'w_hpf {config.w_hpf}; editing {config.domains[source]} -> '
+        f'{config.domains[target]} at degrees {args.degrees}', flush=True)
+
+  # Read images; report unreadable ones.
+  images, names, bad = [], [], []
+  for p in paths:
+    try:
+      images.append(image_io.load_image(p, config.img_size))
+      names.append(p.stem)
+    except image_io.ImageReadError as e:
+      bad.append(e)
+      print(f'warning: skipping {e.path}: {e.reason}', file=sys.stderr)
+  if bad and args.strict:
+    return _fail(f'{len(bad)} unreadable image(s) (--strict): '
+                 + ', '.join(e.path for e in bad))
+  if not images:
+    return _fail(f'{inp}: no readable image')
+  if len(set(names)) != len(names):
+    names = [f'{i:04d}_{n}' for i, n in enumerate(names)]
+  x = np.stack(images)
+
+  # Edit in fixed-size batches (the last is padded: one compilation).
+  degrees = np.asarray(args.degrees, np.float32)
+  bs = min(args.batch_size, len(x))
+  outs = []
+  t0 = time.time()
+  for i in range(0, len(x), bs):
+    batch = x[i:i + bs]
+    n = len(batch)
+    if n < bs:
+      batch = np.concatenate([batch, np.repeat(batch[-1:], bs - n, 0)])
+    out = editing.edit_sweep(variables, batch, source, target, degrees,
+                             config=config)
+    outs.append(np.asarray(out)[:, :n])
+    print(f'  edited {min(i + bs, len(x))}/{len(x)} images '
+          f'({time.time() - t0:.1f}s)', flush=True)
+  edited = np.concatenate(outs, axis=1)  # [D, N, S, S, 3]
+
+  out_dir = pathlib.Path(args.out)
+  for d, a in enumerate(args.degrees):
+    sub = out_dir / f'degree_{a:g}'
+    for k, name in enumerate(names):
+      image_io.save_image(sub / f'{name}.png', edited[d, k])
+  grid = np.concatenate([x[:, None], np.transpose(edited, (1, 0, 2, 3, 4))],
+                        axis=1)  # [N, 1 + D, S, S, 3]
+  image_io.save_image(out_dir / 'grid.png', image_io.make_grid(grid))
+  print(f'wrote {len(names)} x {len(args.degrees)} images and grid.png to '
+        f'{out_dir}')
+  if bad:
+    print(f'{len(bad)} input(s) skipped as unreadable', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
