@@ -44,7 +44,8 @@ Numerics (spec §d):
   generic resize.
 * `get_masks` needs two bilinear rules that `jax.image.resize` does not
   provide, so both are applied as separable interpolation matrices
-  (`bilinear_matrix`), built in float64 numpy at trace time:
+  (`bilinear_matrix`), built in numpy at trace time with float32 source
+  coordinates and weights computed as torch computes them:
   - input resize S -> 256: align_corners=False, no antialias (source
     coordinate (d + 0.5) * S / 256 - 0.5, clamped below at 0), as torch's
     `F.interpolate(mode='bilinear')`; at S = 256 the matrix is the identity
@@ -269,18 +270,23 @@ def bilinear_matrix(in_size: int, out_size: int, align_corners: bool
   0. Taps floor(source) and floor(source) + 1 (clamped to in - 1) with weights
   1 - frac, frac.
   """
-  d = np.arange(out_size, dtype=np.float64)
+  # Source coordinates and weights in float32 arithmetic, as torch's CPU
+  # kernel computes them (float scale, float index); float64 would move the
+  # weights by up to ~4e-6 at 256 px.
+  f32 = np.float32
+  d = np.arange(out_size, dtype=f32)
   if align_corners:
-    scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-    src = d * scale
+    scale = f32(in_size - 1) / f32(out_size - 1) if out_size > 1 else f32(0)
+    src = scale * d
   else:
-    src = np.maximum((d + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    scale = f32(in_size) / f32(out_size)
+    src = np.maximum(scale * (d + f32(0.5)) - f32(0.5), f32(0))
   i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
   i1 = np.minimum(i0 + 1, in_size - 1)
-  frac = src - i0
+  frac = (src - i0.astype(f32)).astype(f32)
   m = np.zeros((out_size, in_size), np.float64)
-  np.add.at(m, (np.arange(out_size), i0), 1.0 - frac)
-  np.add.at(m, (np.arange(out_size), i1), frac)
+  np.add.at(m, (np.arange(out_size), i0), (f32(1) - frac).astype(np.float64))
+  np.add.at(m, (np.arange(out_size), i1), frac.astype(np.float64))
   return m.astype(np.float32)
 
 
