@@ -1,0 +1,98 @@
+"""Converts StyleGAN2 generators, Latent-To-Latent mappers and boundaries.
+
+  python scripts/convert_latent.py stylegan2 stylegan2-ffhq-config-f.pt \
+      --out converted/stylegan2_ffhq
+  python scripts/convert_latent.py stylegan2 restyle_e4e_ffhq.pt \
+      --out converted/stylegan2_ffhq      # takes the decoder.* keys
+  python scripts/convert_latent.py mapper smiling.pt --out converted/l2l_smiling
+  python scripts/convert_latent.py boundaries \
+      boundaries_anycost-ffhq-config-f.pt --out converted/boundaries
+
+`stylegan2` accepts a rosinality checkpoint (`g_ema` + `latent_avg`), a bare
+g_ema state_dict, or a pSp / e4e / ReStyle checkpoint (`state_dict` with
+`decoder.*` keys, `latent_avg`); the config is inferred from the shapes (pass
+--size etc. to have it checked). `mapper` reads the unofficial mapper
+state_dict (18 tensors); `--preset paper` loads it into a conditioned mapper
+with a zero conditioning block. Every file loads with
+`torch.load(weights_only=True)`. Problems are reported in one message listing
+every missing, unexpected and mis-shaped key. Exit status 0 on success, 2 on
+user errors. See docs/latent_to_latent.md.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  sub = p.add_subparsers(dest='kind', required=True)
+  g = sub.add_parser('stylegan2', help='rosinality g_ema / pSp-e4e-ReStyle '
+                     'decoder')
+  g.add_argument('input')
+  g.add_argument('--out', required=True, help='output directory')
+  g.add_argument('--key', default='g_ema',
+                 help='generator entry in a rosinality dict (default g_ema)')
+  g.add_argument('--size', type=int, help='expected resolution (checked)')
+  g.add_argument('--style-dim', type=int, help='expected latent width')
+  g.add_argument('--n-mlp', type=int, help='expected mapping depth')
+  g.add_argument('--channel-multiplier', type=int,
+                 help='expected channel multiplier (2 = config-f)')
+  g.add_argument('--mean-latent-samples', type=int, default=10000,
+                 help='z samples for latent_avg when the file has none')
+  g.add_argument('--overwrite', action='store_true')
+  m = sub.add_parser('mapper', help='Latent-To-Latent mapper state_dict')
+  m.add_argument('input')
+  m.add_argument('--out', required=True)
+  m.add_argument('--preset', choices=('legacy', 'paper'), default='legacy')
+  m.add_argument('--n-latent', type=int, default=18,
+                 help='W+ rows of the generator (18 at 1024 px)')
+  m.add_argument('--cond-dim', type=int,
+                 help='attributes A of a paper-mode mapper (default 40)')
+  m.add_argument('--overwrite', action='store_true')
+  b = sub.add_parser('boundaries', help='InterFaceGAN boundaries file')
+  b.add_argument('input')
+  b.add_argument('--out', required=True)
+  b.add_argument('--overwrite', action='store_true')
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  from l2m_jax.convert import mapper as cm  # pylint: disable=g-import-not-at-top
+  from l2m_jax.convert import stylegan2 as cs  # pylint: disable=g-import-not-at-top
+  from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
+  try:
+    if args.kind == 'stylegan2':
+      config = None
+      given = dict(size=args.size, style_dim=args.style_dim, n_mlp=args.n_mlp,
+                   channel_multiplier=args.channel_multiplier)
+      if any(v is not None for v in given.values()):
+        config = given
+      if args.mean_latent_samples < 1:
+        raise ValueError('--mean-latent-samples must be >= 1')
+      cs.convert_file(args.input, args.out, config=config, key=args.key,
+                      mean_latent_samples=args.mean_latent_samples,
+                      overwrite=args.overwrite)
+    elif args.kind == 'mapper':
+      if args.n_latent < 9:
+        raise ValueError(f'--n-latent {args.n_latent}: must be >= 9 (coarse '
+                         'rows 0-3, medium 4-7, fine 8+)')
+      cm.convert_file(args.input, args.out, preset=args.preset,
+                      n_latent=args.n_latent, cond_dim=args.cond_dim,
+                      overwrite=args.overwrite)
+    else:
+      cm.convert_boundaries_file(args.input, args.out,
+                                 overwrite=args.overwrite)
+  except (FileNotFoundError, FileExistsError, ValueError,
+          t2f.ConversionError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
