@@ -50,7 +50,8 @@ NO_DOWNLOAD_HELP = (
     'inception_v3_google-1a9a5a14.pth (or -0cc3c7bd.pth); the standard / '
     'pytorch_fid protocol needs pytorch-fid\'s '
     'pt_inception-2015-12-05-6726825d.pth. Either the raw .pth or a folder '
-    'written by `python scripts/fid.py convert` is accepted.')
+    'written by `python scripts/fid.py --weights FILE.pth --convert-to DIR` '
+    'is accepted (see docs/fid.md).')
 
 
 def _flax_conv_prefixes(template: Mapping[str, Any]) -> dict[str, tuple]:
