@@ -22,7 +22,8 @@ Two entry points:
   converted (shapes must match: the original's `load_state_dict` would fail
   too); expected keys absent from the file are refused unless
   `allow_missing=True`, in which case they keep this port's initial values
-  (`l2m_jax.models.fan.init_variables`: random convs, identity BatchNorm)
+  (Flax default initialisers: random conv kernels, zero biases, identity
+  BatchNorm)
   and are listed in the returned meta. Missing `num_batches_tracked` entries
   are harmless and never refused. Extra keys are ignored and listed.
 """
@@ -175,8 +176,9 @@ def convert_wing_checkpoint(path: str | os.PathLike,
   Args:
     path: the checkpoint file.
     allow_missing: accept a file lacking some expected FAN keys; those keep
-      the initial values of `init_variables(jax.random.key(init_seed))`, as
-      the original non-strict loader keeps its module's initial values.
+      the FAN's initial values (Flax default initialisers, kernels drawn
+      from `init_seed`), as the original non-strict loader keeps its
+      module's initial values.
     init_seed: seed of those initial values.
 
   Returns:
@@ -231,15 +233,10 @@ def convert_wing_checkpoint(path: str | os.PathLike,
   variables, key_map = _convert_present(state_dict)
   initialised = []
   if missing:
-    import jax  # pylint: disable=g-import-not-at-top
-    from l2m_jax.models import fan  # pylint: disable=g-import-not-at-top
-    init = t2f.flatten(jax.tree.map(
-        np.asarray, fan.init_variables(jax.random.key(init_seed))))
-    have = t2f.flatten(variables)
-    for p, v in sorted(init.items()):
-      if p not in have:
-        t2f.set_path(variables, p, np.asarray(v, np.float32))
-        initialised.append(p)
+    for p, v in sorted(_initial_values(init_seed, set(
+        t2f.flatten(variables))).items()):
+      t2f.set_path(variables, p, v)
+      initialised.append(p)
   meta = {
       'format': FORMAT,
       'config': dict(CONFIG),
@@ -251,6 +248,34 @@ def convert_wing_checkpoint(path: str | os.PathLike,
       'initialised': initialised,
   }
   return variables, meta
+
+
+def _initial_values(seed: int, skip: set[str]) -> dict[str, np.ndarray]:
+  """Initial values of the FAN's variables not in `skip`, leaf by leaf.
+
+  The same rules as `FAN.init` (Flax defaults: lecun-normal conv kernels,
+  zero conv biases, BatchNorm scale 1, bias 0, mean 0, var 1) without
+  running a forward pass; kernels are drawn from `jax.random.key(seed)`
+  folded with the leaf's index.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+  from l2m_jax.models import fan  # pylint: disable=g-import-not-at-top
+  template = t2f.flatten(jax.eval_shape(fan.init_variables))
+  out = {}
+  for i, (path, leaf) in enumerate(sorted(template.items())):
+    if path in skip:
+      continue
+    name = path.rsplit('/', 1)[-1]
+    if name == 'kernel':
+      key = jax.random.fold_in(jax.random.key(seed), i)
+      value = nn.initializers.lecun_normal()(key, leaf.shape, np.float32)
+    elif name in ('scale', 'var'):
+      value = np.ones(leaf.shape, np.float32)
+    else:  # conv / BatchNorm bias, BatchNorm mean
+      value = np.zeros(leaf.shape, np.float32)
+    out[path] = np.asarray(value, np.float32)
+  return out
 
 
 def save_wing(path: str | os.PathLike, out_dir: str | os.PathLike,

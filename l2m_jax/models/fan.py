@@ -252,7 +252,7 @@ def init_variables(rng: jax.Array | None = None, dtype: Any = jnp.float32):
   """Initial FAN variables (random convs; BN scale 1, bias 0, mean 0, var 1)."""
   rng = jax.random.key(0) if rng is None else rng
   x = jnp.zeros((1, FAN_SIZE, FAN_SIZE, 3), jnp.float32)
-  return FAN(dtype=dtype).init(rng, x)
+  return jax.jit(FAN(dtype=dtype).init)(rng, x)
 
 
 # ---------------------------------------------------------------------------
