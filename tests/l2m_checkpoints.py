@@ -5,7 +5,8 @@ FAN of `third_party/fan_torch.py`, torchvision's resnet18 for `vgg`) with
 seeded random weights, and saves them as the authors' checkpointer does:
 `torch.save({'generator': G.state_dict(), 'style_encoder': E.state_dict(),
 'fan': FAN.state_dict(), 'vgg': R.state_dict()}, '<step>_nets_ema.ckpt')`.
-Norm affine parameters and BatchNorm running statistics are randomised too,
+G, E and D get the official He init (realistic activation scales); norm
+affine parameters and BatchNorm running statistics are randomised too,
 so a swapped scale/bias or mean/var mapping cannot go unnoticed.
 """
 
@@ -56,6 +57,22 @@ def randomize_norms_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
   return module
 
 
+def he_init_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+  """The official training init (spec §d): kaiming normal fan_in, gain sqrt(2),
+  for every Conv2d and Linear; biases small random (not 0) so that bias
+  mapping errors show. Gives trained-like activation scales."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in module.modules():
+      if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+        fan_in = m.weight[0].numel()
+        m.weight.copy_(torch.randn(m.weight.shape, generator=g)
+                       * (2.0 / fan_in) ** 0.5)
+        if m.bias is not None:
+          m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+  return module
+
+
 def build_torch_nets(img_size: int = 256, style_dim: int = 64,
                      num_domains: int = 2, max_conv_dim: int = 512,
                      w_hpf: int = 1, seed: int = 0, with_fan: bool | None = None,
@@ -65,7 +82,8 @@ def build_torch_nets(img_size: int = 256, style_dim: int = 64,
   torch.manual_seed(seed)
   gen = l2m_torch.Generator(img_size, style_dim, max_conv_dim, w_hpf)
   enc = l2m_torch.StyleEncoder(img_size, style_dim, num_domains, max_conv_dim)
-  nets = TorchNets(randomize_norms_(gen, seed + 1), enc)
+  nets = TorchNets(randomize_norms_(he_init_(gen, seed + 4), seed + 1),
+                   he_init_(enc, seed + 5))
   if with_fan is None:
     with_fan = w_hpf > 0
   if with_fan:
@@ -78,8 +96,8 @@ def build_torch_nets(img_size: int = 256, style_dim: int = 64,
     nets.vgg = randomize_norms_(
         torch.nn.Sequential(*list(r.children())[:-1]), seed + 3)
   if with_discriminator:
-    nets.discriminator = l2m_torch.Discriminator(img_size, num_domains,
-                                                 max_conv_dim)
+    nets.discriminator = he_init_(
+        l2m_torch.Discriminator(img_size, num_domains, max_conv_dim), seed + 6)
   for name in ('generator', 'style_encoder', 'fan', 'vgg', 'discriminator'):
     m = getattr(nets, name)
     if m is not None:
