@@ -1,0 +1,64 @@
+"""Training entry point (house style §3; [F] examples/imagenet/main.py).
+
+  python -m l2m_jax.main --config=configs/l2m_celebahq.py --workdir=runs/smile \
+      --config.data_dir=data/celeba_hq
+
+Multi-host: when the environment describes several processes (SLURM,
+Cloud TPU, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+JAX_PROCESS_ID), `jax.distributed.initialize()` is called before any device
+is touched. See docs/training.md.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, '
+                    'samples and the EMA export.')
+config_flags.DEFINE_config_file(
+    'config', None, 'Training configuration file (ml_collections).',
+    lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _is_multiprocess() -> bool:
+  """True when the environment says this run has several processes."""
+  env = os.environ
+  if int(env.get('JAX_NUM_PROCESSES', '1')) > 1:
+    return True
+  if int(env.get('SLURM_NTASKS', '1')) > 1 and 'SLURM_JOB_ID' in env:
+    return True
+  if int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
+    return True
+  return 'TPU_WORKER_HOSTNAMES' in env and ',' in env['TPU_WORKER_HOSTNAMES']
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+  # TF is only the input pipeline: keep it off the accelerators.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.experimental.set_visible_devices([], 'GPU')
+  import jax  # pylint: disable=g-import-not-at-top
+  if _is_multiprocess():
+    if 'JAX_COORDINATOR_ADDRESS' in os.environ:
+      jax.distributed.initialize(
+          os.environ['JAX_COORDINATOR_ADDRESS'],
+          int(os.environ['JAX_NUM_PROCESSES']),
+          int(os.environ['JAX_PROCESS_ID']))
+    else:
+      jax.distributed.initialize()  # SLURM / TPU / MPI auto-detection
+  logging.info('JAX process %d / %d; local devices %s; %d devices in all',
+               jax.process_index(), jax.process_count(), jax.local_devices(),
+               jax.device_count())
+  from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
+  train_l2m.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

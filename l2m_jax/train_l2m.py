@@ -1,0 +1,617 @@
+"""L2M-GAN training: train state, per-device step, sampling, the train loop.
+
+Procedure (spec /work/shared/spec/l2m_gan.md §e.2-§e.4; StarGAN v2
+`core/solver.py` `train`, `compute_d_loss`, `compute_g_loss`, `moving_average`,
+`he_init`; the L2M-GAN losses of CVPR 2021): per iteration, masks
+M = FAN(x) from the real batch, then one discriminator update
+
+  L_D = softplus(-D_y(x)) + softplus(D_y'(G(x, s_hat, M))) + lambda_reg R1(x)
+
+with the fake made without gradient, then one joint update of the generator
+and the style encoder (trunk, heads, decomposer `transform1` and transformers
+`transform2`) from
+
+  L_G = L_adv + lambda_cyc L_cyc + lambda_sty L_sty + lambda_ort L_ort
+        + lambda_id L_id
+
+and an EMA of G and E (beta 0.999). Adam (beta1 0, beta2 0.99, lr 1e-4) with
+PyTorch's coupled weight decay (add_decayed_weights before scale_by_adam),
+one optimiser state per network. FAN and ResNet-18 are frozen pytrees passed
+in as arguments.
+
+`train_step` is written per device and compiled by `parallel.compile_step`
+(jit + shard_map by default, pmap with config.parallel == 'pmap'): the
+losses, R1 and instance norms are local to each device's batch shard and the
+gradients and metrics are averaged with `lax.pmean` over 'data', which is
+PyTorch DDP's semantics and makes N devices equal one device on the same
+global batch (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+import signal
+import time
+from typing import Any, Callable, Mapping
+
+from absl import logging
+from clu import metric_writers
+from clu import parameter_overview
+from clu import periodic_actions
+import flax
+from flax import struct
+from flax.training import train_state as flax_train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from l2m_jax import checkpointing
+from l2m_jax import image_io
+from l2m_jax import input_pipeline
+from l2m_jax import losses
+from l2m_jax import parallel
+from l2m_jax.convert import torch_to_flax as t2f
+from l2m_jax.models import fan as fan_lib
+from l2m_jax.models import l2m as l2m_models
+from l2m_jax.models import resnet
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+EXPORT_FORMAT = 'l2m_gan'
+
+
+class TrainState(flax_train_state.TrainState):
+  """Params and Adam state of one optimised network."""
+
+
+@struct.dataclass
+class L2MTrainState:
+  """Everything a checkpoint must hold, as one pytree (house style §5).
+
+  Attributes:
+    step: number of completed iterations (int32 scalar); also the position
+      of the data stream.
+    rng: raw uint32 key data [2] (typed keys do not checkpoint).
+    generator, style_encoder, discriminator: per-network TrainStates.
+    ema: {'generator': params, 'style_encoder': params}.
+  """
+  step: jax.Array
+  rng: jax.Array
+  generator: TrainState
+  style_encoder: TrainState
+  discriminator: TrainState
+  ema: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+  """The linen modules of a run (hyperparameters only, no state)."""
+  model_config: l2m_models.L2MModelConfig
+  generator: Any
+  style_encoder: Any
+  discriminator: Any
+  resnet: Any
+
+
+# ---------------------------------------------------------------------------
+# Models, optimisers, initialisation
+# ---------------------------------------------------------------------------
+
+
+def model_config_from(config: ml_collections.ConfigDict,
+                      domains: list[str] | None = None
+                      ) -> l2m_models.L2MModelConfig:
+  """L2MModelConfig of a training config (domains default to generic names)."""
+  return l2m_models.L2MModelConfig(
+      img_size=int(config.img_size), style_dim=int(config.style_dim),
+      num_domains=int(config.num_domains),
+      max_conv_dim=int(config.max_conv_dim), w_hpf=float(config.w_hpf),
+      domains=tuple(domains) if domains else l2m_models.default_domains(
+          int(config.num_domains)))
+
+
+def create_models(config: ml_collections.ConfigDict,
+                  domains: list[str] | None = None) -> Models:
+  """G, E, D (compute dtype from config.dtype) and the ResNet-18 features."""
+  if config.dtype not in DTYPES:
+    raise ValueError(f'dtype={config.dtype!r}: expected one of '
+                     f'{sorted(DTYPES)}')
+  dtype = DTYPES[config.dtype]
+  mc = model_config_from(config, domains)
+  gen, enc = l2m_models.build_models(mc, dtype=dtype)
+  disc = l2m_models.build_discriminator(mc, dtype=dtype)
+  return Models(mc, gen, enc, disc, resnet.ResNet18Features(dtype=dtype))
+
+
+def make_optimizer(config: ml_collections.ConfigDict
+                   ) -> optax.GradientTransformation:
+  """torch.optim.Adam(lr, betas, eps, weight_decay) with coupled L2 decay.
+
+  PyTorch adds weight_decay * param to the gradient before the moments
+  (spec §e.2), which is add_decayed_weights before scale_by_adam, not adamw.
+  """
+  return optax.chain(
+      optax.add_decayed_weights(float(config.weight_decay)),
+      optax.scale_by_adam(b1=float(config.beta1), b2=float(config.beta2),
+                          eps=float(config.adam_eps)),
+      optax.scale(-float(config.lr)))
+
+
+def he_init(params: Any, rng: jax.Array) -> Any:
+  """StarGAN v2 `he_init`: kaiming normal (fan_in, gain sqrt 2), zero biases.
+
+  Applied to every conv and dense kernel; their biases are zeroed. Instance
+  norm scales/biases keep their init (1, 0). fan_in = prod(kernel[:-1]),
+  i.e. kH*kW*Cin for HWIO convs and Cin for dense kernels.
+  """
+  flat = flax.traverse_util.flatten_dict(params)
+  keys = jax.random.split(rng, len(flat))
+  out = {}
+  for key, (path, value) in zip(keys, sorted(flat.items())):
+    if path[-1] == 'kernel':
+      fan_in = int(np.prod(value.shape[:-1]))
+      out[path] = (jax.random.normal(key, value.shape, jnp.float32) *
+                   np.sqrt(2.0 / fan_in)).astype(value.dtype)
+    elif path[-1] == 'bias' and 'kernel' in _siblings(flat, path):
+      out[path] = jnp.zeros_like(value)
+    else:
+      out[path] = value
+  return flax.traverse_util.unflatten_dict(out)
+
+
+def _siblings(flat, path):
+  return {p[-1] for p in flat if p[:-1] == path[:-1]}
+
+
+def create_train_state(config: ml_collections.ConfigDict, models: Models,
+                       rng: jax.Array) -> L2MTrainState:
+  """He-initialised G, E, D with fresh Adam states and the EMA copies.
+
+  Deviation from PyTorch: the EMA starts from the He-initialised weights
+  (StarGAN v2 copies the nets before `he_init`); the difference decays as
+  0.999^step and is gone long before any checkpoint is used.
+  """
+  s = int(config.img_size)
+  x = jnp.zeros((1, s, s, 3), jnp.float32)
+  st = jnp.zeros((1, int(config.style_dim)), jnp.float32)
+  y = jnp.zeros((1,), jnp.int32)
+  k = jax.random.split(rng, 7)
+  g = models.generator.init(k[0], x, st)['params']
+  e = models.style_encoder.init(k[1], x, y, y)['params']
+  d = models.discriminator.init(k[2], x, y)['params']
+  g, e, d = he_init(g, k[3]), he_init(e, k[4]), he_init(d, k[5])
+  tx = make_optimizer(config)
+  return L2MTrainState(
+      step=jnp.zeros((), jnp.int32),
+      rng=jax.random.key_data(k[6]),
+      generator=TrainState.create(apply_fn=models.generator.apply, params=g,
+                                  tx=tx),
+      style_encoder=TrainState.create(apply_fn=models.style_encoder.apply,
+                                      params=e, tx=tx),
+      discriminator=TrainState.create(apply_fn=models.discriminator.apply,
+                                      params=d, tx=tx),
+      ema={'generator': g, 'style_encoder': e})
+
+
+def _loud_warning(what: str, why: str):
+  logging.warning('!' * 72)
+  logging.warning('!!! %s: %s', what, why)
+  logging.warning('!!! It is RANDOM: results of this run are meaningless for '
+                  'anything but testing the code.')
+  logging.warning('!' * 72)
+
+
+def load_frozen(config: ml_collections.ConfigDict, rng: jax.Array
+                ) -> dict[str, Any]:
+  """The frozen networks: {'fan': variables} if w_hpf > 0, {'vgg': ...} if used.
+
+  Sources, in order: `config.l2m_checkpoint` (a converted nets_ema: its
+  `fan` and `vgg` entries), `config.fan_checkpoint` (converted wing.ckpt),
+  `config.vgg_checkpoint` (converted ResNet-18: {'params', 'batch_stats'} at
+  the top level or under 'vgg'). Missing ones are random, with a loud
+  warning.
+  """
+  frozen = {}
+  need_fan = float(config.w_hpf) > 0
+  need_vgg = config.preservation == 'resnet18' and float(config.lambda_id) > 0
+  if config.preservation not in ('resnet18', 'none'):
+    raise ValueError(f"preservation={config.preservation!r}: expected "
+                     "'resnet18' or 'none'")
+  l2m_vars = {}
+  if config.l2m_checkpoint:
+    from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
+    l2m_vars, _ = l2m_convert.load_l2m_checkpoint(config.l2m_checkpoint)
+  if need_fan:
+    if 'fan' in l2m_vars:
+      frozen['fan'] = l2m_vars['fan']
+    elif config.fan_checkpoint:
+      from l2m_jax.convert import fan as fan_convert  # pylint: disable=g-import-not-at-top
+      frozen['fan'], _ = fan_convert.load_fan(config.fan_checkpoint)
+    else:
+      _loud_warning('FAN landmark network', 'no fan_checkpoint or '
+                    'l2m_checkpoint given; the masks come from random weights')
+      frozen['fan'] = fan_lib.init_variables(jax.random.fold_in(rng, 0))
+  if need_vgg:
+    if 'vgg' in l2m_vars:
+      frozen['vgg'] = l2m_vars['vgg']
+    elif config.vgg_checkpoint:
+      v, _ = t2f.load_converted(config.vgg_checkpoint)
+      frozen['vgg'] = v.get('vgg', v)
+    else:
+      _loud_warning('ResNet-18 preservation network', 'no vgg_checkpoint or '
+                    'l2m_checkpoint given')
+      frozen['vgg'] = resnet.ResNet18Features().init(
+          jax.random.fold_in(rng, 1), jnp.zeros((1, 64, 64, 3)))
+  return jax.tree.map(jnp.asarray, frozen)
+
+
+# ---------------------------------------------------------------------------
+# The per-device train step
+# ---------------------------------------------------------------------------
+
+
+def _pmean(tree):
+  return jax.lax.pmean(tree, parallel.DATA_AXIS)
+
+
+def train_step(state: L2MTrainState, batch: Mapping[str, jax.Array],
+               frozen: Mapping[str, Any], *, models: Models,
+               config: ml_collections.ConfigDict
+               ) -> tuple[L2MTrainState, dict[str, jax.Array]]:
+  """One D update then one G+E update on this device's batch shard.
+
+  Args:
+    state: the replicated train state.
+    batch: {'x_src' [b, S, S, 3], 'y_src' [b], 'y_trg' [b]} (local shard).
+    frozen: {'fan'?: FAN variables, 'vgg'?: ResNet-18 variables}.
+    models: the linen modules.
+    config: the training config (static).
+
+  Returns:
+    (new state, metrics: scalar means over the global batch).
+  """
+  x, y, y_trg = batch['x_src'], batch['y_src'], batch['y_trg']
+  gen, enc, disc = models.generator, models.style_encoder, models.discriminator
+  use_masks = float(config.w_hpf) > 0
+  masks_of = ((lambda img: fan_lib.get_masks(frozen['fan'], img))
+              if use_masks else (lambda img: None))
+  masks = masks_of(x)  # M = FAN(x), once per iteration (spec §e.2)
+
+  def edit(g_params, e_params, img):
+    s, s_u, s_r, s_rh = enc.apply({'params': e_params}, img, y, y_trg)
+    s_hat = s_u + s_rh  # s_hat = s_u + T_y'(s_r)
+    x_fake = gen.apply({'params': g_params}, img, s_hat, masks)
+    return x_fake, (s, s_u, s_r, s_rh, s_hat)
+
+  # ---- discriminator ----
+  x_fake_d, _ = edit(state.generator.params, state.style_encoder.params, x)
+  x_fake_d = jax.lax.stop_gradient(x_fake_d)
+  r1_every = int(config.r1_every)
+
+  def d_loss_fn(d_params, with_r1):
+    logits = lambda img, lab: disc.apply({'params': d_params}, img, lab)
+    if with_r1:
+      r1, real_logits = losses.r1_penalty(lambda img: logits(img, y), x)
+    else:
+      r1, real_logits = jnp.zeros((), jnp.float32), logits(x, y)
+    loss_real, loss_fake = losses.d_adversarial_loss(
+        real_logits, logits(x_fake_d, y_trg))
+    # Lazy R1 scales the penalty by its interval (StyleGAN2 convention).
+    total = loss_real + loss_fake + float(config.lambda_reg) * r1_every * r1
+    return total, {'d_loss_real': loss_real, 'd_loss_fake': loss_fake,
+                   'd_r1': r1, 'd_loss': total}
+
+  d_params = state.discriminator.params
+  if r1_every <= 1:
+    (_, d_metrics), d_grads = jax.value_and_grad(
+        functools.partial(d_loss_fn, with_r1=True), has_aux=True)(d_params)
+  else:
+    branches = [jax.value_and_grad(functools.partial(d_loss_fn, with_r1=w),
+                                   has_aux=True) for w in (False, True)]
+    (_, d_metrics), d_grads = jax.lax.cond(
+        state.step % r1_every == 0, branches[1], branches[0], d_params)
+  discriminator = state.discriminator.apply_gradients(grads=_pmean(d_grads))
+
+  # ---- generator + style encoder (with decomposer and transformers) ----
+  def g_loss_fn(ge_params):
+    g_params, e_params = ge_params
+    x_fake, (s, s_u, s_r, s_rh, s_hat) = edit(g_params, e_params, x)
+    adv = losses.g_adversarial_loss(
+        disc.apply({'params': discriminator.params}, x_fake, y_trg))
+    s_pred = enc.apply({'params': e_params}, x_fake, y_trg, y_trg)[0]
+    sty = losses.style_reconstruction_loss(s_pred, s_hat)
+    x_rec = gen.apply({'params': g_params}, x_fake, s, masks_of(x_fake))
+    cyc = losses.cycle_loss(x_rec, x)
+    ort = losses.orthogonality_loss(s_r, s_u, s_rh, config.orthogonality)
+    total = (adv + float(config.lambda_cyc) * cyc +
+             float(config.lambda_sty) * sty + float(config.lambda_ort) * ort)
+    metrics = {'g_loss_adv': adv, 'g_loss_cyc': cyc, 'g_loss_sty': sty,
+               'g_loss_ort': ort}
+    if 'vgg' in frozen:
+      feats = models.resnet.apply(
+          frozen['vgg'], losses.imagenet_normalize(
+              jnp.concatenate([x, x_fake], axis=0)))
+      ident = losses.perceptual_loss(*jnp.split(feats, 2, axis=0))
+      total = total + float(config.lambda_id) * ident
+      metrics['g_loss_id'] = ident
+    metrics['g_loss'] = total
+    return total, metrics
+
+  (_, g_metrics), (g_grads, e_grads) = jax.value_and_grad(
+      g_loss_fn, has_aux=True)((state.generator.params,
+                                state.style_encoder.params))
+  generator = state.generator.apply_gradients(grads=_pmean(g_grads))
+  style_encoder = state.style_encoder.apply_gradients(grads=_pmean(e_grads))
+  step_size = 1.0 - float(config.ema_beta)
+  ema = {
+      'generator': optax.incremental_update(
+          generator.params, state.ema['generator'], step_size),
+      'style_encoder': optax.incremental_update(
+          style_encoder.params, state.ema['style_encoder'], step_size),
+  }
+  new_state = state.replace(step=state.step + 1, generator=generator,
+                            style_encoder=style_encoder,
+                            discriminator=discriminator, ema=ema)
+  return new_state, _pmean({**d_metrics, **g_metrics})
+
+
+def compile_train_step(config: ml_collections.ConfigDict, models: Models,
+                       mesh: jax.sharding.Mesh) -> parallel.CompiledStep:
+  """train_step compiled for `mesh` with config.parallel."""
+  step = functools.partial(train_step, models=models, config=config)
+  return parallel.compile_step(step, mesh, config.parallel, num_args=1)
+
+
+# ---------------------------------------------------------------------------
+# Sampling and export
+# ---------------------------------------------------------------------------
+
+
+def sample_edits(models: Models, ema: Mapping[str, Any],
+                 frozen: Mapping[str, Any], x: jax.Array, y: jax.Array,
+                 degrees: tuple[float, ...]) -> jax.Array:
+  """Edits of x towards the next domain over a degree sweep (spec §a.4).
+
+  s_hat(a) = s + a * (T_y'(s_r) - s_r), y' = (y + 1) mod num_domains.
+
+  Returns:
+    [len(degrees), N, S, S, 3] edited images (not clamped).
+  """
+  y_trg = (y + 1) % models.model_config.num_domains
+  masks = (fan_lib.get_masks(frozen['fan'], x)
+           if models.model_config.w_hpf > 0 else None)
+  s, _, s_r, s_rh = models.style_encoder.apply(
+      {'params': ema['style_encoder']}, x, y, y_trg)
+  outs = [models.generator.apply({'params': ema['generator']}, x,
+                                 s + a * (s_rh - s_r), masks)
+          for a in degrees]
+  return jnp.stack(outs)
+
+
+def sample_grid(x: np.ndarray, edits: np.ndarray) -> np.ndarray:
+  """Rows = sources then one row per degree; uint8 [H, W, 3] grid."""
+  rows = np.concatenate([x[None], edits], axis=0)  # [1 + D, N, S, S, 3]
+  return image_io.make_grid(np.clip(rows, -1, 1))
+
+
+def export_ema(out_dir: str | os.PathLike, state_ema: Mapping[str, Any],
+               frozen: Mapping[str, Any], model_config: l2m_models.L2MModelConfig,
+               step: int, workdir: str) -> None:
+  """EMA-only params in the converted format 'l2m_gan' (docs/architecture.md).
+
+  scripts/edit.py and scripts/evaluate.py load it with
+  `l2m_jax.convert.l2m.load_l2m_checkpoint`.
+  """
+  variables = {'generator': {'params': state_ema['generator']},
+               'style_encoder': {'params': state_ema['style_encoder']}}
+  for name in ('fan', 'vgg'):
+    if name in frozen:
+      variables[name] = frozen[name]
+  key_map = {}
+  try:
+    from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
+    for name in variables:
+      tmpl = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                          variables[name])
+      for tkey, (path, _) in l2m_convert.module_key_map(
+          tmpl, resnet=name == 'vgg').items():
+        key_map[f'{name}.{tkey}'] = f'{name}/{path}'
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('EMA export: no torch key map (%s)', e)
+  meta = {'format': EXPORT_FORMAT, 'config': model_config.to_dict(),
+          'source': {'path': str(workdir), 'sha256': None, 'step': int(step),
+                     'kind': 'l2m_jax training EMA'},
+          'key_map': key_map, 'ignored': []}
+  t2f.save_converted(out_dir, parallel.unreplicate_to_host(variables), meta,
+                     overwrite=True)
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+
+class _Preemption:
+  """SIGTERM flag (single host) next to orbax's multi-host preemption sync."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._old = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint and exiting.')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _check_finite(metrics: Mapping[str, np.ndarray], step: int):
+  bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
+  if bad:
+    raise FloatingPointError(f'step {step}: non-finite losses {bad}')
+
+
+def _maybe_fid(config, models, state_ema, frozen, step, writer, workdir):
+  """Periodic FID through l2m_jax.evaluation.l2m_eval when available."""
+  if not config.eval_fid or not config.inception_checkpoint:
+    logging.info('step %d: FID skipped (eval_fid=%s, inception_checkpoint=%r)',
+                 step, config.eval_fid, config.inception_checkpoint)
+    return
+  try:
+    from l2m_jax.evaluation import l2m_eval  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.warning('step %d: FID skipped: l2m_jax.evaluation.l2m_eval is '
+                    'not available', step)
+    return
+  fn = getattr(l2m_eval, 'evaluate_fid', None)
+  if fn is None:
+    logging.warning('step %d: FID skipped: l2m_eval has no evaluate_fid',
+                    step)
+    return
+  variables = {'generator': {'params': state_ema['generator']},
+               'style_encoder': {'params': state_ema['style_encoder']},
+               **{k: v for k, v in frozen.items()}}
+  result = fn(variables=variables, model_config=models.model_config,
+              data_dir=config.data_dir,
+              inception_checkpoint=config.inception_checkpoint,
+              out_dir=os.path.join(workdir, f'eval_{step:06d}'))
+  writer.write_scalars(step, {f'eval/fid/{k}': float(v)
+                              for k, v in dict(result).items()})
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> L2MTrainState:
+  """Trains L2M-GAN per `config` in `workdir`; resumes from its checkpoints.
+
+  Writes `checkpoints/` (orbax), TensorBoard metrics, `samples/*.png` and
+  `ema_export/` (the EMA params in format 'l2m_gan').
+
+  Returns:
+    The final train state (replicated global arrays).
+  """
+  workdir = os.path.abspath(workdir)
+  pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+  if not config.data_dir:
+    raise ValueError('config.data_dir is empty: set it to a folder with '
+                     'train/<domain>/*.{jpg,png}')
+  domain_names = input_pipeline.domains(config.data_dir)
+  if config.check_files:
+    n = input_pipeline.check_files(
+        config.data_dir, (config.train_split, config.val_split))
+    logging.info('All %d image files decode.', n)
+  mesh = parallel.make_mesh()
+  per_device = parallel.per_device_batch_size(config.batch_size, mesh)
+  logging.info('Global batch %d over %d devices (%d processes): %d per '
+               'device.', config.batch_size, mesh.devices.size,
+               jax.process_count(), per_device)
+  models = create_models(config, domain_names)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  rng = jax.random.key(int(config.seed))
+  frozen = load_frozen(config, jax.random.fold_in(rng, 1))
+
+  init_fn = functools.partial(create_train_state, config, models,
+                              jax.random.fold_in(rng, 0))
+  mngr = checkpointing.make_manager(os.path.join(workdir, 'checkpoints'),
+                                    int(config.save_every),
+                                    int(config.keep_checkpoints))
+  rep = parallel.replicated_sharding(mesh)
+  state, meta = checkpointing.restore_or_init(
+      mngr, lambda: parallel.init_replicated(init_fn, mesh), rep)
+  start = int(jax.device_get(state.step))
+  if meta is None:
+    for name in ('generator', 'style_encoder', 'discriminator'):
+      logging.info('Parameters of the %s:', name)
+      parameter_overview.log_parameter_overview(
+          parallel.unreplicate_to_host(getattr(state, name).params))
+  else:
+    logging.info('Resumed at step %d (saved with %s devices).', start,
+                 meta.get('num_devices'))
+
+  compiled = compile_train_step(config, models, mesh)
+  frozen_dev = compiled.put_args(frozen)
+  frozen_rep = parallel.replicate(frozen, mesh)
+  sample_fn = jax.jit(functools.partial(
+      sample_edits, models, degrees=tuple(float(a) for a in
+                                          config.sample_degrees)))
+  src_x, src_y = input_pipeline.fixed_sources(config, int(config.num_sample))
+
+  total = int(config.total_iters)
+  meta_out = {'config': config.to_dict(), 'domains': domain_names,
+              'num_devices': int(mesh.devices.size),
+              'model_config': models.model_config.to_dict()}
+  hooks = []
+  if jax.process_index() == 0:
+    hooks.append(periodic_actions.ReportProgress(num_train_steps=total,
+                                                 writer=writer))
+    if config.profile:
+      hooks.append(periodic_actions.Profile(
+          logdir=workdir, num_profile_steps=5, profile_duration_ms=None))
+
+  def save_samples(step, st):
+    edits = sample_fn(parallel.unreplicate_to_host(st.ema), frozen_rep,
+                      src_x, src_y)
+    grid = sample_grid(src_x, np.asarray(edits))
+    out = pathlib.Path(workdir) / 'samples'
+    out.mkdir(exist_ok=True)
+    if jax.process_index() == 0:
+      from PIL import Image  # pylint: disable=g-import-not-at-top
+      Image.fromarray(grid).save(out / f'{step:06d}.png')
+    writer.write_images(step, {'samples/degree_sweep': grid[None]})
+
+  def export(step, st):
+    if jax.process_index() == 0:
+      export_ema(os.path.join(workdir, 'ema_export'),
+                 parallel.unreplicate_to_host(st.ema), frozen,
+                 models.model_config, step, workdir)
+
+  batches = input_pipeline.train_iterator(config, start)
+  dstate = compiled.put_state(state)
+  step = start
+  with _Preemption() as preempt:
+    while step < total:
+      batch = compiled.put_batch(next(batches))
+      dstate, metrics = compiled(dstate, batch, frozen_dev)
+      step += 1
+      for h in hooks:
+        h(step)
+      last = step == total
+      if step % int(config.log_every) == 0 or last:
+        m = compiled.get_metrics(metrics)
+        _check_finite(m, step)
+        writer.write_scalars(step, {f'train/{k}': float(v)
+                                    for k, v in m.items()})
+      stop = preempt.requested or checkpointing.reached_preemption(mngr, step)
+      if (step % int(config.save_every) == 0) or last or stop:
+        state = compiled.get_state(dstate)
+        checkpointing.save(mngr, step, state, {**meta_out, 'step': step},
+                           force=last or stop)
+        if step % int(config.save_every) == 0 or last:
+          export(step, state)
+      if stop:
+        logging.warning('Preempted at step %d: checkpoint written, exiting.',
+                        step)
+        break
+      if step % int(config.sample_every) == 0 or last:
+        save_samples(step, compiled.get_state(dstate))
+      if int(config.eval_every) and (step % int(config.eval_every) == 0):
+        _maybe_fid(config, models, parallel.unreplicate_to_host(
+            compiled.get_state(dstate).ema), frozen, step, writer, workdir)
+  mngr.wait_until_finished()
+  mngr.close()
+  writer.flush()
+  return compiled.get_state(dstate)
