@@ -19,6 +19,7 @@ from l2m_jax.models import fan
 from third_party import fan_torch
 
 ATOL = 1e-4
+_masks_fn = jax.jit(fan.heatmaps_to_masks)
 
 
 def _nchw(x):
@@ -163,7 +164,7 @@ def test_postprocessing_matches_torch_on_synthetic_heatmaps():
   heat = _gaussian_heatmaps()
   want1, want2 = fan_torch.preprocess(_nchw(heat))
   want1, want2 = _nhwc(want1), _nhwc(want2)
-  got1, got2 = jax.jit(fan.heatmaps_to_masks)(heat)
+  got1, got2 = _masks_fn(heat)
   got1, got2 = np.asarray(got1), np.asarray(got2)
   assert got1.shape == got2.shape == (2, 256, 256, 1)
   for name, got, want in (('M_1', got1, want1), ('M_2', got2, want2)):
@@ -206,7 +207,7 @@ def test_roll_convention_explicit():
         want1[r, c0:c0 + 4] += one ** power
         if in_m2:
           want2[r, c0:c0 + 4] += one ** power
-  got1, got2 = fan.heatmaps_to_masks(jnp.asarray(heat))
+  got1, got2 = _masks_fn(heat)
   np.testing.assert_allclose(np.asarray(got1)[0, ..., 0], want1, atol=1e-6)
   np.testing.assert_allclose(np.asarray(got2)[0, ..., 0], want2, atol=1e-6)
 
@@ -218,11 +219,16 @@ def test_truncation_and_normalisation():
   heat[0, 20, 5, 97] = 0.1  # kept
   heat[0, 30, 5, 97] = 0.4  # the channel max -> ~1
   heat[0, 40, 5, 96] = 5.0  # another channel's scale does not matter
-  m1, _ = fan.heatmaps_to_masks(jnp.asarray(heat))
+  m1, _ = _masks_fn(heat)
   m1 = np.asarray(m1)[0, :, 5, 0]
   np.testing.assert_allclose(m1[[10, 20, 30, 40]],
                              [0.0, 0.1 / (0.4 + 1e-6), 0.4 / (0.4 + 1e-6),
                               5.0 / (5.0 + 1e-6)], rtol=1e-6)
+
+
+def test_heatmaps_to_masks_rejects_other_sizes():
+  with pytest.raises(ValueError, match='256, 256, 98'):
+    fan.heatmaps_to_masks(jnp.zeros((1, 64, 64, 98)))
 
 
 def _check_masks(got, want, name):

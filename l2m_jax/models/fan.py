@@ -335,17 +335,18 @@ def heatmaps_to_masks(heatmaps):
   """Landmark heatmaps at mask resolution -> (M_1, M_2).
 
   Args:
-    heatmaps: [N, H, W, 98] (H = W = 256 in L2M-GAN), the FAN's landmark
-      channels after the align_corners=True x4 upsample.
+    heatmaps: [N, 256, 256, 98], the FAN's landmark channels after the
+      align_corners=True x4 upsample.
 
   Returns:
-    (m1, m2), each [N, H, W, 1] float32 in [0, 1]: M_1 holds chin, eyebrows,
+    (m1, m2), each [N, 256, 256, 1] float32 in [0, 1]: M_1 holds chin, eyebrows,
     nose, nostrils, eyes and lips; M_2 only nose, nostrils and eyes.
   """
   x = jnp.asarray(heatmaps, jnp.float32)
-  if x.ndim != 4 or x.shape[-1] != NUM_LANDMARKS:
-    raise ValueError(f'heatmaps must be [N, H, W, {NUM_LANDMARKS}], got '
-                     f'shape {tuple(x.shape)}')
+  if x.ndim != 4 or x.shape[1:] != (MASK_SIZE, MASK_SIZE, NUM_LANDMARKS):
+    # The row shifts below are the original's at 256 px (width scale 1).
+    raise ValueError(f'heatmaps must be [N, {MASK_SIZE}, {MASK_SIZE}, '
+                     f'{NUM_LANDMARKS}], got shape {tuple(x.shape)}')
   x = jnp.where(x < TRUNCATE, 0.0, x)  # a. truncate
   lo = jnp.min(x, axis=(1, 2), keepdims=True)  # b. per-channel min-max
   hi = jnp.max(x, axis=(1, 2), keepdims=True)
