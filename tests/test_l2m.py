@@ -68,19 +68,17 @@ def test_style_encoder_full_width_256(tmp_path):
   assert max(errs) <= TOL
 
 
-def test_attention_params_exist_but_unused():
-  config = l2m.L2MModelConfig(img_size=32, max_conv_dim=16, w_hpf=0)
+def test_attention_params_exist_but_unused(encoder_256):
+  _, variables, config = encoder_256
+  v = variables['style_encoder']
+  assert set(v['params']['attention']) == {'layers_0', 'layers_2'}
   _, enc = l2m.build_models(config)
-  x = np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype(
-      np.float32)
-  y = np.array([1])
-  v = jax.jit(enc.init)(jax.random.key(0), x, y, y)
-  assert 'attention' in v['params']
   apply = jax.jit(enc.apply)
+  x = lc.sample_images(1, 256, seed=25)
+  y = np.array([1])
   out = apply(v, x, y, y)
   zeroed = jax.tree.map(np.zeros_like, v['params']['attention'])
-  v2 = {'params': {**v['params'], 'attention': zeroed}}
-  out2 = apply(v2, x, y, y)
+  out2 = apply({'params': {**v['params'], 'attention': zeroed}}, x, y, y)
   for a, b in zip(out, out2):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
