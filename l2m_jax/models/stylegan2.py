@@ -441,7 +441,7 @@ class Generator(nn.Module):
 def init_variables(model: Generator, rng) -> dict:
   """Random variables (params, noises, constants) for `model`."""
   z = jnp.zeros((1, model.style_dim), jnp.float32)
-  return model.init({'params': rng, 'noise': rng}, z)
+  return jax.jit(lambda r: model.init({'params': r, 'noise': r}, z))(rng)
 
 
 def variables_template(model: Generator) -> dict:
