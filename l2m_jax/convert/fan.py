@@ -233,6 +233,8 @@ def convert_wing_checkpoint(path: str | os.PathLike,
   variables, key_map = _convert_present(state_dict)
   initialised = []
   if missing:
+    # Deviation from PyTorch: absent keys get this port's initial values
+    # (Flax default initialisers), not torch's kaiming-uniform draws.
     for p, v in sorted(_initial_values(init_seed, set(
         t2f.flatten(variables))).items()):
       t2f.set_path(variables, p, v)

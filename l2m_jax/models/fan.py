@@ -16,7 +16,7 @@ Parameter mapping (PyTorch state_dict key -> Flax path; `converter` =
 `downsample.0` (BN) / `downsample.2` (1x1 conv) become `downsample_0` /
 `downsample_2`:
 
-  conv1.conv.{weight,bias}           conv1/conv/{kernel,bias}   (CoordConv 7x7/2)
+  conv1.conv.{weight,bias}           conv1/conv/{kernel,bias}  (CoordConv 7x7/2)
   bn1.*                              bn1/*
   conv2|conv3|conv4.<block>          conv2|conv3|conv4/<block>  (ConvBlock)
   m0.coordconv.conv.{weight,bias}    m0/coordconv/conv/{kernel,bias}
@@ -72,7 +72,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NUM_LANDMARKS = 98  # WFLW 98-point scheme; the FAN emits one extra boundary map.
+NUM_LANDMARKS = 98  # WFLW 98-point scheme; plus one boundary map
 FAN_SIZE = 256  # the FAN's input resolution
 HEATMAP_SIZE = 64  # the FAN's output resolution
 MASK_SIZE = 256  # resolution of M_1 / M_2
@@ -95,6 +95,8 @@ def coord_channels(height: int, width: int, with_r: bool = True
 
 
 def _batch_norm(dtype: Any) -> nn.BatchNorm:
+  # Deviation from PyTorch: eval mode only (running statistics); the FAN is
+  # frozen in L2M-GAN, so there is no train-mode BatchNorm path.
   return nn.BatchNorm(use_running_average=True, momentum=0.9, epsilon=BN_EPS,
                       dtype=dtype)
 
