@@ -178,7 +178,8 @@ def unused_keys(config: l2m_models.L2MModelConfig) -> list[str]:
 def _shape(sd: Mapping[str, Any], key: str) -> Optional[tuple]:
   if key not in sd:
     return None
-  return tuple(t2f.to_numpy(sd[key]).shape)
+  value = sd[key]
+  return tuple(value.shape) if hasattr(value, 'shape') else np.shape(value)
 
 
 def _indices(sd: Mapping[str, Any], prefix: str) -> list[int]:
