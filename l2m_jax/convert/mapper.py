@@ -198,7 +198,7 @@ def load_mapper(path: str):
 
 def normalize_name(key: str) -> str:
   """'31_Smiling' -> 'smiling' (drop the NN_ prefix, lower-case; §g)."""
-  return re.sub(r'^\d+_', '', str(key)).lower()
+  return re.sub(r'^\d\d_', '', str(key)).lower()
 
 
 def convert_boundaries(obj: Any, source: str, dim: int = 512
@@ -272,8 +272,8 @@ def load_boundaries(path: str) -> tuple[np.ndarray, list[str]]:
 
 def find_attribute(names: list[str], attribute: str, source: str = '') -> int:
   """Index of an attribute by normalised name ('Smiling', '31_Smiling' ok)."""
-  want = normalize_name(attribute)
-  if want in names:
-    return names.index(want)
+  for want in (str(attribute).lower(), normalize_name(attribute)):
+    if want in names:
+      return names.index(want)
   raise ValueError(f'{source}: unknown attribute {attribute!r}; available: '
                    + ', '.join(names))

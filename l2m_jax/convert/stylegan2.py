@@ -256,20 +256,26 @@ def convert_state_dict(sd: Mapping[str, Any], source: str,
   return variables, cfg, key_map
 
 
-def estimate_latent_avg(model, params, n: int = 10000, seed: int = 0,
+def estimate_latent_avg(model, variables, n: int = 10000, seed: int = 0,
                         chunk: int = 2000) -> np.ndarray:
-  """Mean of the mapping network over n N(0, I) samples: [n_latent, D]."""
+  """Mean of the mapping network over n N(0, I) samples: [n_latent, D].
+
+  `variables` needs 'params' and 'noises' (any 'constants' are ignored); z
+  comes from `np.random.default_rng(seed)`.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  fn = jax.jit(lambda p, z: model.apply({'params': p}, z,
-                                        method=model.mapping).sum(0))
+  variables = dict(variables)
+  variables['constants'] = {'latent_avg': np.zeros(
+      (model.n_latent, model.style_dim), np.float32)}
+  fn = jax.jit(lambda v, z: model.apply(v, z, method=model.mapping).sum(0))
   rng = np.random.default_rng(seed)
   total = np.zeros((model.style_dim,), np.float64)
   done = 0
   while done < n:
     m = min(chunk, n - done)
     z = rng.standard_normal((m, model.style_dim)).astype(np.float32)
-    total += np.asarray(fn(params, jnp.asarray(z)), np.float64)
+    total += np.asarray(fn(variables, jnp.asarray(z)), np.float64)
     done += m
   mean = (total / n).astype(np.float32)
   return np.broadcast_to(mean[None], (model.n_latent, model.style_dim)).copy()
@@ -299,7 +305,7 @@ def convert_file(path: str, out_dir: str | None = None,
     log(f'{path}: no latent_avg in the file; estimating it from '
         f'{mean_latent_samples} mapping-network samples')
     variables['constants'] = {'latent_avg': estimate_latent_avg(
-        model, variables['params'], n=mean_latent_samples)}
+        model, variables, n=mean_latent_samples)}
     la_source = f'estimated (mean of mapping over {mean_latent_samples} z)'
   else:
     la_source = 'checkpoint'
