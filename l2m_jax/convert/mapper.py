@@ -201,9 +201,11 @@ def normalize_name(key: str) -> str:
   return re.sub(r'^\d\d_', '', str(key)).lower()
 
 
-def convert_boundaries(obj: Any, source: str, dim: int = 512
+def convert_boundaries(obj: Any, source: str, dim: int | None = None
                        ) -> tuple[np.ndarray, list[str]]:
   """Boundaries dict -> ((N, dim) float32 array, original keys in file order).
+
+  `dim` defaults to the last axis of the first entry (512 for FFHQ).
 
   Raises:
     ConversionError: not a dict, or entries that are not (1, dim) / (dim,).
@@ -213,6 +215,8 @@ def convert_boundaries(obj: Any, source: str, dim: int = 512
         source, note='  expected a non-empty dict of (1, 512) direction '
         f'tensors, found {type(obj).__name__}')
   keys = list(obj)
+  if dim is None:
+    dim = int(t2f.to_numpy(obj[keys[0]]).shape[-1])
   mismatched = []
   rows = []
   for k in keys:
