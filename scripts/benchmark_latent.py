@@ -1,4 +1,4 @@
-"""Benchmarks the Latent-To-Latent mapper and the StyleGAN2 generator, JAX vs torch.
+"""Benchmarks the L2L mapper and the StyleGAN2 generator, JAX vs torch.
 
   python scripts/benchmark_latent.py                       # 256 and 1024 px
   python scripts/benchmark_latent.py --sizes 256 --repeats 5 --json out.json

@@ -1,4 +1,4 @@
-"""StyleGAN2 / mapper / boundaries converters: containers, errors, round trips."""
+"""StyleGAN2, mapper and boundaries converters: containers, errors."""
 
 import pathlib
 

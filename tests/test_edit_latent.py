@@ -1,4 +1,4 @@
-"""scripts/edit_latent.py and l2m_jax.latent_editing, end to end on small models."""
+"""scripts/edit_latent.py and l2m_jax.latent_editing on small models."""
 
 import json
 import subprocess

@@ -1,4 +1,4 @@
-"""Parity of the Flax Latent-To-Latent mapper with the in-house torch reference."""
+"""Parity of the Flax Latent-To-Latent mapper with the torch reference."""
 
 import jax
 import numpy as np

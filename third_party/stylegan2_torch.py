@@ -43,7 +43,7 @@ def make_kernel(k):
 
 
 def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
-  """Upsample (zero insertion) -> pad/crop -> FIR (true convolution) -> downsample.
+  """Zero-insertion upsample -> pad/crop -> FIR (true conv) -> downsample.
 
   x: (N, C, H, W); kernel: (kh, kw); the same (pad0, pad1) on both axes.
   """
@@ -138,7 +138,7 @@ class Blur(nn.Module):
 
 
 class ModulatedConv2d(nn.Module):
-  """Per-sample weight `scale * weight * s`, optional demodulation (spec §d.1)."""
+  """Per-sample weight `scale * weight * s`, optional demodulation (§d.1)."""
 
   def __init__(self, in_channel, out_channel, kernel_size, style_dim,
                demodulate=True, upsample=False, blur_kernel=(1, 3, 3, 1)):
@@ -233,7 +233,7 @@ class ToRGB(nn.Module):
 
 
 class Generator(nn.Module):
-  """rosinality `Generator`: mapping network `style`, synthesis, noise buffers."""
+  """rosinality `Generator`: mapping `style`, synthesis, noise buffers."""
 
   def __init__(self, size, style_dim=512, n_mlp=8, channel_multiplier=2,
                blur_kernel=(1, 3, 3, 1), lr_mlp=0.01, channel_base=512):

@@ -150,7 +150,7 @@ def convert_file(path: str, out_dir: str | None = None,
                  preset: str = 'legacy', n_latent: int = 18,
                  cond_dim: int | None = None, overwrite: bool = False,
                  log=print) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Converts a mapper `.pt`; writes `out_dir` when given. Returns (variables, meta)."""
+  """Converts a mapper `.pt` (writes `out_dir` if given): (variables, meta)."""
   obj = t2f.load_torch_file(path)
   sd = _unwrap(obj, str(path))
   inferred = infer_config(sd, str(path))

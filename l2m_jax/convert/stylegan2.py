@@ -78,7 +78,7 @@ def extract_g_ema(obj: Any, source: str, key: str = 'g_ema'
 
 
 def infer_config(sd: Mapping[str, Any], source: str) -> dict[str, Any]:
-  """Reads size, style_dim, n_mlp, channel_multiplier, channel_base from shapes."""
+  """size, style_dim, n_mlp, channel_multiplier, channel_base from shapes."""
   shapes = t2f.state_dict_shapes(sd)
   problems = []
   if 'style.1.weight' not in shapes:

@@ -20,7 +20,8 @@ Names mirror the unofficial PyTorch module:
 
   torch                                     flax params
   {course,medium,fine}_mapping.mapping.{i}.0.weight (out, in)
-                                            {..}_mapping/mapping_{i}/weight (in, out), raw
+                                            {..}_mapping/mapping_{i}/weight
+                                            (in, out), raw
   {course,medium,fine}_mapping.mapping.{i}.0.bias
                                             {..}_mapping/mapping_{i}/bias
   (paper mode) {..}_mapping.cond.weight     {..}_mapping/cond/weight (A, 512)
@@ -124,7 +125,7 @@ class Latent2Latent(nn.Module):
                          f'expected [{w.shape[0]}, {self.cond_dim}]')
 
   def __call__(self, w, delta=None):
-    """M(w, delta): w [B, n_latent, D], delta [B, A] or None -> [B, n_latent, D]."""
+    """M(w, delta): w [B, n_latent, D], delta [B, A] or None -> like w."""
     self._check(w, delta)
     w = w.astype(self.dtype)
     if delta is not None:

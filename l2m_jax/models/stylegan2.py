@@ -19,8 +19,10 @@ Module names (setup attributes) mirror the PyTorch names:
     .activate.bias (O,)                 .../activate/bias (O,)
   to_rgb1 / to_rgbs.{j}               to_rgb1 / to_rgbs_{j}
     .bias (1, 3, 1, 1)                  .../bias (3,)
-  noises.noise_{n} (1, 1, r, r)       collection 'noises': noise_{n} (1, r, r, 1)
-  (checkpoint `latent_avg`)           collection 'constants': latent_avg (n_latent, D)
+  noises.noise_{n} (1, 1, r, r)       'noises' collection: noise_{n}
+                                        (1, r, r, 1)
+  (checkpoint `latent_avg`)           'constants' collection: latent_avg
+                                        (n_latent, D)
 
 Blur/upsample kernels are buffers upstream; here they are recomputed from
 `blur_kernel` (the converter checks the stored ones).
@@ -46,7 +48,7 @@ _DN = ('NHWC', 'HWIO', 'NHWC')
 
 def channel_widths(size: int, channel_multiplier: int = 2,
                    channel_base: int = 512) -> dict[int, int]:
-  """{resolution: channels}; 512 and 2 give config-f (4..64 px: 512, 128: 256, ...).
+  """{resolution: channels}; 512 and 2 give config-f (4..64 px: 512, ...).
 
   Widths are `channel_base` up to 32 px and `channel_base * channel_multiplier
   * 32 / res` above (rosinality `self.channels`; `channel_base` is an extra
@@ -128,7 +130,7 @@ class EqualLinear(nn.Module):
 
 
 class FusedLeakyReLU(nn.Module):
-  """bias, then leaky ReLU(0.2), then * sqrt(2) (rosinality `FusedLeakyReLU`)."""
+  """bias, leaky ReLU(0.2), * sqrt(2) (rosinality `FusedLeakyReLU`)."""
   channels: int
 
   @nn.compact
@@ -324,7 +326,7 @@ class Generator(nn.Module):
         lambda: jnp.zeros((self.n_latent, self.style_dim), jnp.float32))
 
   def mapping(self, z):
-    """z [..., D] -> w [..., D]: PixelNorm then n_mlp EqualLinear(fused_lrelu)."""
+    """z [..., D] -> w [..., D]: PixelNorm, n_mlp EqualLinear(fused_lrelu)."""
     x = z * jax.lax.rsqrt(jnp.mean(z * z, axis=-1, keepdims=True) + 1e-8)
     for i in range(1, self.n_mlp + 1):
       x = self.style[str(i)](x)
