@@ -35,7 +35,8 @@ def _inputs(folder):
   return folder
 
 
-@pytest.mark.parametrize('w_hpf', [0, 1])
+@pytest.mark.parametrize(
+    'w_hpf', [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_edit_cli_end_to_end(tmp_path, capsys, w_hpf):
   size = 32
   nets = lc.build_torch_nets(img_size=size, max_conv_dim=8, style_dim=8,

@@ -43,7 +43,7 @@ def test_masked_edit_matches_torch_fan_and_generator(masked, faces_dir):
   assert err <= TOL
 
 
-def test_sweep_matches_single_edits_and_degree_semantics(tmp_path):
+def test_sweep_matches_torch_and_degree_semantics(tmp_path):
   nets = lc.build_torch_nets(img_size=64, max_conv_dim=16, w_hpf=0, seed=53)
   path = lc.save_checkpoint(nets, tmp_path)
   variables, meta = l2m_convert.convert_checkpoint(path)
@@ -57,17 +57,17 @@ def test_sweep_matches_single_edits_and_degree_semantics(tmp_path):
   for d, a in enumerate(degrees):
     want = _torch_edit(nets, x, y, y1, float(a))
     assert np.max(np.abs(sweep[d] - want)) <= TOL
-    single = editing.edit(variables, x, 1, 0, a, config=config)
-    np.testing.assert_allclose(np.asarray(single), sweep[d], atol=1e-5)
-  # Degree 0 is the unedited code s, whatever the target transformer is.
-  gen, enc = l2m.build_models(config)
-  s = enc.apply(variables['style_encoder'], x, y, y1)[0]
-  rec = gen.apply(variables['generator'], x, s)
-  np.testing.assert_allclose(sweep[0], np.asarray(rec), atol=1e-5)
-  # Per-sample degrees.
-  per = editing.edit(variables, x, 1, 0, np.array([0.0, 1.25]), config=config)
-  np.testing.assert_allclose(np.asarray(per)[0], sweep[0, 0], atol=1e-5)
-  np.testing.assert_allclose(np.asarray(per)[1], sweep[2, 1], atol=1e-5)
+  # Degree 0 is G(x, s) with the unedited code s.
+  xt = lc.nhwc_to_torch(x)
+  with torch.no_grad():
+    s = nets.style_encoder(xt, torch.from_numpy(y), torch.from_numpy(y1))[0]
+    rec = lc.torch_to_nhwc(nets.generator(xt, s))
+  assert np.max(np.abs(sweep[0] - rec)) <= TOL
+  # `edit` with per-sample degrees agrees with the sweep.
+  per = np.asarray(editing.edit(variables, x, 1, 0, np.array([0.0, 1.25]),
+                                config=config))
+  np.testing.assert_allclose(per[0], sweep[0, 0], atol=1e-5)
+  np.testing.assert_allclose(per[1], sweep[2, 1], atol=1e-5)
 
 
 def test_edit_input_errors(masked):
