@@ -43,7 +43,15 @@ def torch_reference(variant, seed=0):
   else:
     model = tv.models.inception_v3(weights=None, aux_logits=True,
                                    init_weights=False)
-  torch.manual_seed(seed)
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():  # He-normal convs, non-trivial BN statistics
+    for m in model.modules():
+      if isinstance(m, torch.nn.Conv2d):
+        m.weight.copy_(torch.randn(m.weight.shape, generator=gen)
+                       * (2.0 / m.weight[0].numel()) ** 0.5)
+      elif isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
+        m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
   return model.eval()
 
 
