@@ -244,8 +244,8 @@ def load_frozen(config: ml_collections.ConfigDict, rng: jax.Array
     else:
       _loud_warning('ResNet-18 preservation network', 'no vgg_checkpoint or '
                     'l2m_checkpoint given')
-      frozen['vgg'] = resnet.ResNet18Features().init(
-          jax.random.fold_in(rng, 1), jnp.zeros((1, 64, 64, 3)))
+      frozen['vgg'] = jax.jit(resnet.ResNet18Features().init)(
+          jax.random.fold_in(rng, 1), jnp.zeros((1, 32, 32, 3)))
   return jax.tree.map(jnp.asarray, frozen)
 
 
