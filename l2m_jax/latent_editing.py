@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from l2m_jax import parallel
 from l2m_jax.parallel import pad_to_multiple
 
 # CelebA attribute names, normalised as the boundaries file's keys (§g); the
@@ -142,10 +143,13 @@ class LatentEditor:
     batch_size: rows per compiled call (inputs are padded to it).
     noise_mode: generator noise ('const', 'random', 'none').
     seed: rng seed for noise_mode='random'.
+    mesh: optional `parallel.make_mesh(...)`; batches are then split over its
+      'data' axis and the variables replicated (batch_size must be a multiple
+      of the device count).
   """
 
   def __init__(self, generator, g_vars, mapper, m_vars, batch_size: int = 4,
-               noise_mode: str = 'const', seed: int = 0):
+               noise_mode: str = 'const', seed: int = 0, mesh=None):
     if mapper.n_latent != generator.n_latent or (
         mapper.style_dim != generator.style_dim):
       raise ValueError(
@@ -154,6 +158,14 @@ class LatentEditor:
           f'{generator.style_dim}]')
     if batch_size < 1:
       raise ValueError(f'batch_size={batch_size}: must be >= 1')
+    self.mesh = mesh
+    if mesh is not None:
+      n = mesh.devices.size
+      if batch_size % n:
+        raise ValueError(f'batch_size={batch_size}: must be a multiple of '
+                         f'the {n} devices of the mesh')
+      g_vars = parallel.replicate(g_vars, mesh)
+      m_vars = parallel.replicate(m_vars, mesh)
     self.generator, self.g_vars = generator, g_vars
     self.mapper, self.m_vars = mapper, m_vars
     self.batch_size = batch_size
@@ -177,6 +189,8 @@ class LatentEditor:
     for start in range(0, n, self.batch_size):
       chunk = [a[start:start + self.batch_size] for a in arrays]
       padded = [pad_to_multiple(c, self.batch_size)[0] for c in chunk]
+      if self.mesh is not None:
+        padded = parallel.shard_batch(padded, self.mesh)
       res = np.asarray(fn(*padded))
       outs.append(res[:chunk[0].shape[0]])
     return np.concatenate(outs, axis=0)
@@ -223,7 +237,7 @@ class LatentEditor:
 
 
 def load_editor(generator_dir: str, mapper_dir: str, batch_size: int = 4,
-                noise_mode: str = 'const', seed: int = 0
+                noise_mode: str = 'const', seed: int = 0, mesh=None
                 ) -> tuple[LatentEditor, dict[str, Any]]:
   """LatentEditor from converted generator and mapper checkpoints."""
   from l2m_jax.convert import mapper as cm  # pylint: disable=g-import-not-at-top
@@ -231,5 +245,5 @@ def load_editor(generator_dir: str, mapper_dir: str, batch_size: int = 4,
   gen, g_vars, g_meta = cs.load_generator(generator_dir)
   mapper, m_vars, m_meta = cm.load_mapper(mapper_dir)
   editor = LatentEditor(gen, g_vars, mapper, m_vars, batch_size=batch_size,
-                        noise_mode=noise_mode, seed=seed)
+                        noise_mode=noise_mode, seed=seed, mesh=mesh)
   return editor, dict(generator=g_meta, mapper=m_meta)

@@ -58,7 +58,11 @@ def parse_args(argv=None):
                  help='legacy: pre-shift factors k (default 0 1 2 3; the '
                  'unofficial code uses 2); paper: multipliers of the delta '
                  'vector (default 1)')
-  p.add_argument('--batch-size', type=int, default=4)
+  p.add_argument('--batch-size', type=int, default=4,
+                 help='latents per compiled call (a multiple of --num-devices)')
+  p.add_argument('--num-devices', type=int, default=1,
+                 help='split each batch over this many devices (data '
+                 'parallel); 1 = no sharding')
   p.add_argument('--noise', choices=('const', 'random', 'none'),
                  default='const',
                  help='generator noise: stored buffers (default, as the '
@@ -89,10 +93,15 @@ def main(argv=None) -> int:
     if out.exists() and any(out.iterdir()) and not args.overwrite:
       raise FileExistsError(f'{out}: exists and is not empty (pass '
                             '--overwrite)')
+    mesh = None
+    if args.num_devices != 1:
+      from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
+      mesh = parallel.make_mesh(args.num_devices)
     t0 = time.time()
-    editor, metas = le.load_editor(args.generator, args.mapper,
-                                   batch_size=args.batch_size,
-                                   noise_mode=args.noise, seed=args.seed)
+    editor, _ = le.load_editor(args.generator, args.mapper,
+                               batch_size=args.batch_size,
+                               noise_mode=args.noise, seed=args.seed,
+                               mesh=mesh)
     mapper = editor.mapper
     mode = args.mode
     if mode == 'auto':

@@ -99,6 +99,24 @@ def test_paper_delta_api(setup):
     np.testing.assert_allclose(edited[:, j], want, atol=1e-5)
 
 
+def test_sharded_editor_matches_single_device(setup):
+  import jax  # pylint: disable=g-import-not-at-top
+  from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
+  if jax.device_count() < 2:
+    pytest.skip('needs several (virtual) devices')
+  tmp, w = setup['tmp'], setup['w'].numpy()
+  d = setup['dirs']['00_Male'].numpy()[0]
+  single, _ = le.load_editor(str(tmp / 'G'), str(tmp / 'M'), batch_size=4)
+  mesh = parallel.make_mesh(min(4, jax.device_count()))
+  sharded, _ = le.load_editor(str(tmp / 'G'), str(tmp / 'M'),
+                              batch_size=mesh.devices.size, mesh=mesh)
+  a = single.edit_latents(w, direction=d, strengths=[1.0, 3.0])
+  b = sharded.edit_latents(w, direction=d, strengths=[1.0, 3.0])
+  np.testing.assert_allclose(a, b, atol=1e-6)
+  with pytest.raises(ValueError, match='multiple'):
+    le.load_editor(str(tmp / 'G'), str(tmp / 'M'), batch_size=3, mesh=mesh)
+
+
 @pytest.mark.parametrize('extra,msg', [
     (['--attribute', 'grin'], 'unknown attribute'),
     (['--attribute', 'smiling', '--latents-bad'], 'latents have shape'),
