@@ -477,19 +477,23 @@ def _maybe_fid(config, models, state_ema, frozen, step, writer, workdir):
     logging.warning('step %d: FID skipped: l2m_jax.evaluation.l2m_eval is '
                     'not available', step)
     return
-  fn = getattr(l2m_eval, 'evaluate_fid', None)
-  if fn is None:
-    logging.warning('step %d: FID skipped: l2m_eval has no evaluate_fid',
-                    step)
-    return
   variables = {'generator': {'params': state_ema['generator']},
-               'style_encoder': {'params': state_ema['style_encoder']},
-               **{k: v for k, v in frozen.items()}}
-  result = fn(variables=variables, model_config=models.model_config,
-              data_dir=config.data_dir,
-              inception_checkpoint=config.inception_checkpoint,
-              out_dir=os.path.join(workdir, f'eval_{step:06d}'))
-  writer.write_scalars(step, {f'eval/fid/{k}': float(v)
+               'style_encoder': {'params': state_ema['style_encoder']}}
+  if 'fan' in frozen:
+    variables['fan'] = frozen['fan']
+  data = pathlib.Path(config.data_dir)
+  result = l2m_eval.evaluate_l2m(
+      variables, models.model_config, data / config.val_split,
+      data / config.train_split,
+      inception_weights=config.inception_checkpoint,
+      batch_size=int(config.val_batch_size),
+      cache_dir=os.path.join(workdir, 'fid_cache'),
+      eval_dir=os.path.join(workdir, f'eval_{step:06d}'), progress=False,
+      log=logging.info)
+  l2m_eval.write_results(
+      os.path.join(workdir, l2m_eval.results_filename(step)), result)
+  # 'FID_reference/sad2smile' -> 'eval/fid/sad2smile'.
+  writer.write_scalars(step, {f'eval/fid/{k.split("/")[-1]}': float(v)
                               for k, v in dict(result).items()})
 
 
