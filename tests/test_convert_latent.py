@@ -190,3 +190,18 @@ def test_real_boundaries_file():
   assert cm.find_attribute(names, '31_Smiling') == 31
   with pytest.raises(ValueError, match='unknown attribute'):
     cm.find_attribute(names, 'grin')
+
+
+def test_convert_cli_reports_errors(tmp_path, capsys):
+  from scripts import convert_latent  # pylint: disable=g-import-not-at-top
+  sd = dict(_small_g().state_dict())
+  del sd['conv1.noise.weight']
+  torch.save({'g_ema': sd}, tmp_path / 'g.pt')
+  rc = convert_latent.main(['stylegan2', str(tmp_path / 'g.pt'), '--out',
+                            str(tmp_path / 'o')])
+  err = capsys.readouterr().err
+  assert rc == 2 and 'conv1.noise.weight' in err and 'g.pt' in err
+  assert not (tmp_path / 'o').exists()
+  rc = convert_latent.main(['mapper', str(tmp_path / 'missing.pt'), '--out',
+                            str(tmp_path / 'o')])
+  assert rc == 2 and 'no such checkpoint' in capsys.readouterr().err
