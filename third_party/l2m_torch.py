@@ -142,9 +142,11 @@ class Attention(nn.Module):
 class Generator(nn.Module):
   """StarGAN v2 generator with the masked high-pass skips of L2M-GAN."""
 
-  def __init__(self, img_size=256, style_dim=64, max_conv_dim=512, w_hpf=1):
+  def __init__(self, img_size=256, style_dim=64, max_conv_dim=512, w_hpf=1,
+               base_dim=None):
     super().__init__()
-    dim_in = 2**14 // img_size
+    # base_dim (not upstream): overrides the first width 2^14 // img_size.
+    dim_in = base_dim or 2**14 // img_size
     self.img_size = img_size
     self.from_rgb = nn.Conv2d(3, dim_in, 3, 1, 1)
     self.encode = nn.ModuleList()
@@ -193,9 +195,9 @@ def _mlp(dim):
                        nn.ReLU(), nn.Linear(dim, dim))
 
 
-def _trunk(img_size, max_conv_dim):
+def _trunk(img_size, max_conv_dim, base_dim=None):
   """Shared conv trunk of the style encoder and discriminator (as a list)."""
-  dim_in = 2**14 // img_size
+  dim_in = base_dim or 2**14 // img_size
   layers = [nn.Conv2d(3, dim_in, 3, 1, 1)]
   repeat_num = int(round(math.log2(img_size))) - 2
   dim_out = dim_in
@@ -212,9 +214,9 @@ class StyleEncoder(nn.Module):
   """L2M style encoder: shared trunk, per-domain heads, decomposer, transformer."""
 
   def __init__(self, img_size=256, style_dim=64, num_domains=2,
-               max_conv_dim=512):
+               max_conv_dim=512, base_dim=None):
     super().__init__()
-    layers, dim_out = _trunk(img_size, max_conv_dim)
+    layers, dim_out = _trunk(img_size, max_conv_dim, base_dim)
     self.shared = nn.Sequential(*layers)
     self.unshared = nn.ModuleList(
         [nn.Linear(dim_out, style_dim) for _ in range(num_domains)])
@@ -236,9 +238,10 @@ class StyleEncoder(nn.Module):
 class Discriminator(nn.Module):
   """StarGAN v2 multi-head discriminator: one logit per domain, gathered by y."""
 
-  def __init__(self, img_size=256, num_domains=2, max_conv_dim=512):
+  def __init__(self, img_size=256, num_domains=2, max_conv_dim=512,
+               base_dim=None):
     super().__init__()
-    layers, dim_out = _trunk(img_size, max_conv_dim)
+    layers, dim_out = _trunk(img_size, max_conv_dim, base_dim)
     layers.append(nn.Conv2d(dim_out, num_domains, 1, 1, 0))
     self.main = nn.Sequential(*layers)
 

@@ -192,7 +192,8 @@ def infer_config(ckpt: Mapping[str, Any], source: str = 'checkpoint',
                  **overrides: Any) -> l2m_models.L2MModelConfig:
   """Infers the L2MModelConfig of an official checkpoint from tensor shapes.
 
-  img_size = 2^14 / from_rgb channels; style_dim from the AdaIN fc / the
+  img_size = 2^14 / from_rgb channels (or given, with base_dim = from_rgb
+  channels when those differ from the official rule); style_dim from the AdaIN fc / the
   unshared heads; num_domains = number of `unshared` heads; max_conv_dim =
   widest encoder block; w_hpf > 0 iff the generator has the extra stage
   (log2(img_size) - 2 encoder blocks instead of log2(img_size) - 3), then 1
@@ -215,6 +216,12 @@ def infer_config(ckpt: Mapping[str, Any], source: str = 'checkpoint',
   rgb = _shape(gen, 'from_rgb.weight') or _shape(enc, 'shared.0.weight')
   if 'img_size' in overrides:
     cfg['img_size'] = int(overrides['img_size'])
+    # A non-official stem width (our own small models) is kept as base_dim.
+    if (overrides.get('base_dim') is None and rgb is not None
+        and len(rgb) == 4 and rgb[0] != 2**14 // cfg['img_size']):
+      cfg['base_dim'] = int(rgb[0])
+    elif overrides.get('base_dim') is not None:
+      cfg['base_dim'] = int(overrides['base_dim'])
   elif rgb is None or len(rgb) != 4 or rgb[0] <= 0 or 2**14 % rgb[0]:
     problems.append('cannot infer img_size: generator.from_rgb.weight '
                     f'(expected (2^14/img_size, 3, 3, 3)) is {rgb}')

@@ -53,6 +53,8 @@ class L2MModelConfig:
     max_conv_dim: channel cap (official 512).
     w_hpf: high-pass weight; > 0 enables the FAN-masked skips (official 1).
     domains: domain names in label order (sorted folder names).
+    base_dim: first-conv width of G, E and D; None (official) means
+      2^14 // img_size. Small values make CPU-sized models.
   """
   img_size: int = 256
   style_dim: int = 64
@@ -60,6 +62,7 @@ class L2MModelConfig:
   max_conv_dim: int = 512
   w_hpf: float = 1
   domains: Tuple[str, ...] = DEFAULT_DOMAINS_2
+  base_dim: Optional[int] = None
 
   def __post_init__(self):
     object.__setattr__(self, 'domains', tuple(str(d) for d in self.domains))
@@ -74,6 +77,10 @@ class L2MModelConfig:
     if size < 16 or size & (size - 1):
       raise ValueError(f'L2MModelConfig: img_size must be a power of 2 >= 16,'
                        f' got {size}')
+    if self.base_dim is not None and (
+        isinstance(self.base_dim, bool) or int(self.base_dim) <= 0):
+      raise ValueError('L2MModelConfig: base_dim must be a positive int or '
+                       f'None, got {self.base_dim!r}')
     if self.w_hpf < 0:
       raise ValueError(f'L2MModelConfig: w_hpf must be >= 0, got {self.w_hpf}')
 
@@ -141,10 +148,12 @@ class StyleEncoder(nn.Module):
   num_domains: int = 2
   max_conv_dim: int = 512
   dtype: Dtype = jnp.float32
+  base_dim: Optional[int] = None
 
   def setup(self):
     _, self._repeat_num = stargan_v2.build_trunk(
-        self, 'shared', self.img_size, self.max_conv_dim, self.dtype)
+        self, 'shared', self.img_size, self.max_conv_dim, self.dtype,
+        self.base_dim)
     self.unshared = [nn.Dense(self.style_dim, dtype=self.dtype)
                      for _ in range(self.num_domains)]
     self.transform1 = MLP3(self.style_dim, dtype=self.dtype)
@@ -188,16 +197,19 @@ def build_models(config: L2MModelConfig, dtype: Dtype = jnp.float32
                  ) -> Tuple[stargan_v2.Generator, StyleEncoder]:
   """The generator and style encoder of a config."""
   gen = stargan_v2.Generator(config.img_size, config.style_dim,
-                             config.max_conv_dim, config.w_hpf, dtype=dtype)
+                             config.max_conv_dim, config.w_hpf, dtype=dtype,
+                             base_dim=config.base_dim)
   enc = StyleEncoder(config.img_size, config.style_dim, config.num_domains,
-                     config.max_conv_dim, dtype=dtype)
+                     config.max_conv_dim, dtype=dtype,
+                     base_dim=config.base_dim)
   return gen, enc
 
 
 def build_discriminator(config: L2MModelConfig, dtype: Dtype = jnp.float32
                         ) -> stargan_v2.Discriminator:
   return stargan_v2.Discriminator(config.img_size, config.num_domains,
-                                  config.max_conv_dim, dtype=dtype)
+                                  config.max_conv_dim, dtype=dtype,
+                                  base_dim=config.base_dim)
 
 
 def init_shapes(config: L2MModelConfig,

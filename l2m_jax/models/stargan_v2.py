@@ -269,15 +269,17 @@ class Generator(nn.Module):
     w_hpf: high-pass weight; > 0 adds one stage, the masked skips and the
       residual-only decoder blocks.
     dtype: compute dtype.
+    base_dim: first-conv width; None = the official `2^14 // img_size`.
   """
   img_size: int = 256
   style_dim: int = 64
   max_conv_dim: int = 512
   w_hpf: float = 1
   dtype: Dtype = jnp.float32
+  base_dim: Optional[int] = None
 
   def setup(self):
-    dim_in = 2**14 // self.img_size
+    dim_in = stem_width(self.img_size, self.base_dim)
     self.from_rgb = conv(dim_in, 3, 1, dtype=self.dtype)
     repeat_num = _num_stages(self.img_size, -4) + (1 if self.w_hpf > 0 else 0)
     encode, decode = [], []
@@ -295,7 +297,7 @@ class Generator(nn.Module):
                                    dtype=self.dtype))
     self.encode = encode
     self.decode = decode
-    self.to_rgb_0 = InstanceNorm(2**14 // self.img_size)
+    self.to_rgb_0 = InstanceNorm(stem_width(self.img_size, self.base_dim))
     self.to_rgb_2 = conv(3, 1, 0, dtype=self.dtype)
     if self.w_hpf > 0:
       self.hpf = HighPass(self.w_hpf)
@@ -340,8 +342,22 @@ class Generator(nn.Module):
     return x.astype(jnp.float32)
 
 
+def stem_width(img_size: int, base_dim: Optional[int] = None) -> int:
+  """Channels of the first conv: `2^14 // img_size` officially (64 at 256).
+
+  Deviation from PyTorch: `base_dim` overrides the official rule, which gives
+  512 channels at 32 px; small CPU models (the embedded demo) use 16-64.
+  """
+  if base_dim is None:
+    return 2**14 // img_size
+  if int(base_dim) <= 0:
+    raise ValueError(f'base_dim must be a positive int, got {base_dim}')
+  return int(base_dim)
+
+
 def build_trunk(parent: nn.Module, prefix: str, img_size: int,
-                max_conv_dim: int, dtype: Dtype) -> Tuple[int, int]:
+                max_conv_dim: int, dtype: Dtype,
+                base_dim: Optional[int] = None) -> Tuple[int, int]:
   """Creates the shared conv trunk as `<prefix>_<index>` attributes of `parent`.
 
   Used by the style encoder (`shared_k`) and the discriminator (`main_k`);
@@ -352,7 +368,7 @@ def build_trunk(parent: nn.Module, prefix: str, img_size: int,
   Returns:
     (output channels, R).
   """
-  dim_in = 2**14 // img_size
+  dim_in = stem_width(img_size, base_dim)
   setattr(parent, f'{prefix}_0', conv(dim_in, 3, 1, dtype=dtype))
   repeat_num = _num_stages(img_size, -2)
   dim_out = dim_in
@@ -385,10 +401,12 @@ class Discriminator(nn.Module):
   num_domains: int = 2
   max_conv_dim: int = 512
   dtype: Dtype = jnp.float32
+  base_dim: Optional[int] = None
 
   def setup(self):
     _, self._repeat_num = build_trunk(self, 'main', self.img_size,
-                                      self.max_conv_dim, self.dtype)
+                                      self.max_conv_dim, self.dtype,
+                                      self.base_dim)
     setattr(self, f'main_{self._repeat_num + 4}',
             conv(self.num_domains, 1, 0, dtype=self.dtype))
 
