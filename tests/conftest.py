@@ -10,6 +10,10 @@ import pytest  # pylint: disable=g-import-not-at-top
 
 jax.config.update('jax_num_cpu_devices', 4)
 
+# pytorch-fid imports torchvision at import time; make that work on CPU torch.
+from third_party.torchvision_compat import register_shim  # pylint: disable=g-import-not-at-top
+register_shim()
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / 'shared'
 FIXTURES = SHARED / 'fixtures'

@@ -11,10 +11,15 @@ import sys
 import types
 
 
-def import_torchvision():
-  """Returns the `torchvision` module, importable on a CPU-only torch."""
+def register_shim() -> None:
+  """Makes a later `import torchvision` (by any library) skip the fake kernels."""
   name = 'torchvision._meta_registrations'
   if name not in sys.modules:
     sys.modules[name] = types.ModuleType(name)
+
+
+def import_torchvision():
+  """Returns the `torchvision` module, importable on a CPU-only torch."""
+  register_shim()
   import torchvision  # pylint: disable=g-import-not-at-top
   return torchvision

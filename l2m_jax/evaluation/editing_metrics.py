@@ -197,37 +197,43 @@ def pixel_change_outside(sources, edited, region_masks) -> float:
   return float((np.abs(b - a) * w).sum() / denom)
 
 
-def fid_or_skip(real_images, fake_images, inception_checkpoint: str = ''
+def fid_or_skip(real_images, fake_images, inception_checkpoint: str = '',
+                protocol: str = 'stargan_v2', batch_size: int = 50
                 ) -> dict[str, Any]:
   """FID through l2m_jax.evaluation.fid, or a loud, explained skip.
+
+  Args:
+    real_images, fake_images: [N, H, W, 3] images in [-1, 1] (or uint8);
+      quantised and preprocessed as files of the protocol would be.
+    inception_checkpoint: Inception weights (.pth or converted folder).
+    protocol: 'stargan_v2' or 'standard' (see docs/fid.md).
+    batch_size: images per feature batch.
 
   Returns:
     {'status': 'ok', 'fid': value} or {'status': 'skipped', 'reason': ...}.
   """
   if not inception_checkpoint:
     reason = ('no converted Inception-v3 weights were given (none can be '
-              'downloaded offline); convert them with '
-              'scripts/convert_checkpoint.py and pass the directory')
+              'downloaded offline); pass an Inception .pth file or a folder '
+              'converted with scripts/fid.py --weights F.pth --convert-to '
+              'DIR (docs/fid.md)')
     logging.warning('FID SKIPPED: %s', reason)
     print(f'WARNING: FID skipped: {reason}', flush=True)
     return {'status': 'skipped', 'reason': reason}
   path = pathlib.Path(inception_checkpoint)
   if not path.exists():
     raise FileNotFoundError(f'{path}: Inception checkpoint not found')
-  try:
-    from l2m_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    reason = f'l2m_jax.evaluation.fid is not importable ({e})'
-    logging.warning('FID SKIPPED: %s', reason)
-    return {'status': 'skipped', 'reason': reason}
-  fn = getattr(fid, 'fid_from_arrays', None)
-  if fn is None:
-    reason = 'l2m_jax.evaluation.fid has no fid_from_arrays(real, fake, ckpt)'
-    logging.warning('FID SKIPPED: %s', reason)
-    return {'status': 'skipped', 'reason': reason}
-  value = fn(np.asarray(real_images), np.asarray(fake_images),
-             str(inception_checkpoint))
-  return {'status': 'ok', 'fid': float(value)}
+  from l2m_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
+  extractor = fid.make_extractor(protocol, path)
+  stats = []
+  for images in (real_images, fake_images):
+    images = np.asarray(images)
+    batches = (images[i:i + batch_size]
+               for i in range(0, len(images), batch_size))
+    stats.append(fid.images_statistics(batches, extractor).result())
+  (mu1, s1), (mu2, s2) = stats
+  return {'status': 'ok', 'protocol': extractor.protocol.name,
+          'fid': float(fid.frechet_distance(mu1, s1, mu2, s2))}
 
 
 # ----------------------------------------------------------------------------
