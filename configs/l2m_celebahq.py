@@ -55,7 +55,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.num_domains = 2  # domains = sorted folder names (original 2)
   c.max_conv_dim = 512  # channel cap (original 512)
   c.w_hpf = 1.0  # high-pass skip weight; >0 enables FAN masks (original 1)
-  c.base_dim = 0  # first conv width; 0 = the original 2**14 // img_size (used only if the models accept it)
+  c.base_dim = 0  # first-conv width of G, E, D; 0 = the original 2**14 // img_size
   c.dtype = 'float32'  # compute dtype of G/E/D: float32 or bfloat16 (original float32)
 
   # --- frozen networks: converted checkpoints (docs/architecture.md) ---

@@ -1,7 +1,7 @@
 """Tiny L2M-GAN configuration for tests and CPU smoke runs.
 
-Overrides configs/l2m_celebahq.py: 32-px images, narrow channels where the
-models allow it, no FAN masks (w_hpf = 0), batch 4, a few steps. Point
+Overrides configs/l2m_celebahq.py: 32-px images, narrow channels (base_dim 8,
+max_conv_dim 16), no FAN masks (w_hpf = 0), batch 4, a few steps. Point
 `data_dir` at a folder with train/<domain>/*.png (and optionally val/).
 """
 
@@ -15,7 +15,7 @@ def get_config(arg: str = ''):
   c.attribute = 'tiny'  # label for logs only
   c.seed = 0  # PRNG seed
   c.max_conv_dim = 16  # channel cap (original 512)
-  c.base_dim = 8  # first conv width if the models accept it (original 2**14 // img_size)
+  c.base_dim = 8  # first-conv width of G, E, D (original 2**14 // img_size)
   c.w_hpf = 0.0  # no FAN masks (original 1)
   c.style_dim = 8  # style code size (original 64)
   c.batch_size = 4  # global batch, images (original 8)

@@ -110,6 +110,7 @@ def model_config_from(config: ml_collections.ConfigDict,
       img_size=int(config.img_size), style_dim=int(config.style_dim),
       num_domains=int(config.num_domains),
       max_conv_dim=int(config.max_conv_dim), w_hpf=float(config.w_hpf),
+      base_dim=int(config.base_dim) if config.base_dim else None,
       domains=tuple(domains) if domains else l2m_models.default_domains(
           int(config.num_domains)))
 
