@@ -1,10 +1,9 @@
 """train_l2m.py: optimiser, He init, frozen nets, the real step, end to end.
 
-The tiny config's networks are still wide at their first layer (the models
-fix it at 2**14 // img_size channels), so a compile of the real train step
-takes about a minute on 2 CPU cores: the device-count / compiler / resume
-equivalences with the real networks are marked slow; the toy-step versions
-in test_parallel.py run by default.
+The real train step compiles in about a minute on 2 shared CPU cores even
+with the tiny config, so the device-count / compiler / resume equivalences
+with the real networks are marked slow; the toy-step versions in
+test_parallel.py run by default.
 """
 
 import json
