@@ -8,7 +8,7 @@
   python scripts/convert_latent.py boundaries \
       boundaries_anycost-ffhq-config-f.pt --out converted/boundaries
 
-`stylegan2` accepts a rosinality checkpoint (`g_ema` + `latent_avg`), a bare
+`stylegan2` accepts a stylegan2-pytorch checkpoint (`g_ema` + `latent_avg`), a bare
 g_ema state_dict, or a pSp / e4e / ReStyle checkpoint (`state_dict` with
 `decoder.*` keys, `latent_avg`); the config is inferred from the shapes (pass
 --size etc. to have it checked). `mapper` reads the unofficial mapper
@@ -30,12 +30,12 @@ import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sub = p.add_subparsers(dest='kind', required=True)
-  g = sub.add_parser('stylegan2', help='rosinality g_ema / pSp-e4e-ReStyle '
+  g = sub.add_parser('stylegan2', help='stylegan2-pytorch g_ema / pSp-e4e-ReStyle '
                      'decoder')
   g.add_argument('input')
   g.add_argument('--out', required=True, help='output directory')
   g.add_argument('--key', default='g_ema',
-                 help='generator entry in a rosinality dict (default g_ema)')
+                 help='generator entry in a stylegan2-pytorch dict (default g_ema)')
   g.add_argument('--size', type=int, help='expected resolution (checked)')
   g.add_argument('--style-dim', type=int, help='expected latent width')
   g.add_argument('--n-mlp', type=int, help='expected mapping depth')

@@ -32,18 +32,18 @@ def test_three_container_forms_agree(tmp_path):
   sd = g.state_dict()
   avg = torch.randn(16)
   torch.save({'g_ema': sd, 'latent_avg': avg, 'g': sd, 'd': {}},
-             tmp_path / 'rosinality.pt')
+             tmp_path / 'g_ema_dict.pt')
   torch.save({'state_dict': {**{f'decoder.{k}': v for k, v in sd.items()},
                              'encoder.x.weight': torch.zeros(3)},
               'latent_avg': avg[None].repeat(10, 1), 'opts': {'a': 1}},
              tmp_path / 'restyle.pt')
   torch.save(sd, tmp_path / 'bare.pt')
-  va, ma = cs.convert_file(tmp_path / 'rosinality.pt', tmp_path / 'out',
+  va, ma = cs.convert_file(tmp_path / 'g_ema_dict.pt', tmp_path / 'out',
                            log=lambda *_: None)
   vb, mb = cs.convert_file(tmp_path / 'restyle.pt', log=lambda *_: None)
   vc, mc = cs.convert_file(tmp_path / 'bare.pt', mean_latent_samples=500,
                            log=lambda *_: None)
-  assert ma['source']['kind'] == 'rosinality'
+  assert ma['source']['kind'] == 'stylegan2_pytorch'
   assert mb['source']['kind'] == 'decoder'
   assert mc['source']['kind'] == 'state_dict'
   assert ma['config'] == dict(size=64, style_dim=16, n_mlp=2,

@@ -50,7 +50,7 @@ def test_upfirdn2d_matches_torch(up, down, pad):
 
 
 def test_reference_matches_spec_counts():
-  """rosinality config-f 1024: 171 entries, 30,370,060 params (spec §d.3)."""
+  """stylegan2-pytorch config-f 1024: 171 entries, 30,370,060 params (spec §d.3)."""
   g = ts.Generator(1024)
   assert len(g.state_dict()) == 171
   assert sum(p.numel() for p in g.parameters()) == 30370060

@@ -1,9 +1,9 @@
-"""StyleGAN2 generator in PyTorch, rosinality parameter layout, pure-torch ops.
+"""StyleGAN2 generator in PyTorch, stylegan2-pytorch parameter layout, pure-torch ops.
 
 Written in-house from ../shared/spec/latent_to_latent.md §d (Karras et al.,
 "Analyzing and Improving the Image Quality of StyleGAN", CVPR 2020) so that a
 `state_dict()` of `Generator(1024, 512, 8, channel_multiplier=2)` has exactly
-the 171 keys and shapes of a rosinality `g_ema` (spec §d.3). `upfirdn2d` and
+the 171 keys and shapes of a stylegan2-pytorch `g_ema` (spec §d.3). `upfirdn2d` and
 the fused leaky ReLU are plain torch (no CUDA extension), so the module runs on
 a CPU-only torch. Used only by parity tests and benchmarks.
 
@@ -233,7 +233,7 @@ class ToRGB(nn.Module):
 
 
 class Generator(nn.Module):
-  """rosinality `Generator`: mapping `style`, synthesis, noise buffers."""
+  """stylegan2-pytorch `Generator`: mapping `style`, synthesis, noise buffers."""
 
   def __init__(self, size, style_dim=512, n_mlp=8, channel_multiplier=2,
                blur_kernel=(1, 3, 3, 1), lr_mlp=0.01, channel_base=512):

@@ -1,8 +1,8 @@
-"""rosinality StyleGAN2 `g_ema` -> Flax `l2m_jax.models.stylegan2.Generator`.
+"""stylegan2-pytorch StyleGAN2 `g_ema` -> Flax `l2m_jax.models.stylegan2.Generator`.
 
 Accepted inputs (spec latent_to_latent.md §d.3, §e.2, converter summary):
 
-* a rosinality checkpoint dict `{"g_ema": ..., "latent_avg": (512,), ...}`
+* a stylegan2-pytorch checkpoint dict `{"g_ema": ..., "latent_avg": (512,), ...}`
   (converter output or training checkpoint; `g`, `d`, optimiser states and
   `args` are ignored);
 * a bare `g_ema` state_dict (keys `style.1.weight`, ...);
@@ -11,7 +11,7 @@ Accepted inputs (spec latent_to_latent.md §d.3, §e.2, converter summary):
   `decoder.` keys are taken, everything else is ignored.
 
 Layout rules (§d.4): modconv weight (1, O, I, k, k) -> (k, k, I, O) raw (no
-extra flip: rosinality files already hold PyTorch-convention kernels);
+extra flip: stylegan2-pytorch files already hold PyTorch-convention kernels);
 EqualLinear (out, in) -> (in, out) raw; `input.input` -> (1, 4, 4, C);
 `to_rgb*.bias` (1, 3, 1, 1) -> (3,); noise buffers (1, 1, r, r) -> (1, r, r, 1)
 in the 'noises' collection; blur/upsample kernels are checked against
@@ -47,7 +47,7 @@ def extract_g_ema(obj: Any, source: str, key: str = 'g_ema'
 
   Returns:
     (state_dict, latent_avg tensor or None, kind) where kind is
-    'rosinality', 'state_dict' or 'decoder'.
+    'stylegan2_pytorch', 'state_dict' or 'decoder'.
 
   Raises:
     ConversionError: no generator weights can be found.
@@ -56,7 +56,7 @@ def extract_g_ema(obj: Any, source: str, key: str = 'g_ema'
     raise t2f.ConversionError(
         source, note=f'  expected a dict, found {type(obj).__name__}')
   if key in obj and isinstance(obj[key], Mapping):
-    return dict(obj[key]), obj.get('latent_avg'), 'rosinality'
+    return dict(obj[key]), obj.get('latent_avg'), 'stylegan2_pytorch'
   if 'style.1.weight' in obj:
     return dict(obj), None, 'state_dict'
   sd = obj.get('state_dict')
@@ -72,7 +72,7 @@ def extract_g_ema(obj: Any, source: str, key: str = 'g_ema'
   top = ', '.join(sorted(str(k) for k in obj)[:12])
   raise t2f.ConversionError(
       source, note=f'  no StyleGAN2 generator found: expected a "{key}" '
-      'entry (rosinality checkpoint), a bare state_dict with "style.1.weight",'
+      'entry (stylegan2-pytorch checkpoint), a bare state_dict with "style.1.weight",'
       ' or "decoder.*" keys under "state_dict" (pSp/e4e/ReStyle). Top-level '
       f'keys: {top}')
 
@@ -107,7 +107,7 @@ def infer_config(sd: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 
 def expected_shapes(config: Mapping[str, Any]) -> dict[str, tuple]:
-  """torch key -> shape for a rosinality Generator with this config."""
+  """torch key -> shape for a stylegan2-pytorch Generator with this config."""
   from l2m_jax.models.stylegan2 import channel_widths  # pylint: disable=g-import-not-at-top
   size, d = config['size'], config['style_dim']
   ch = channel_widths(size, config['channel_multiplier'],
@@ -174,7 +174,7 @@ def convert_state_dict(sd: Mapping[str, Any], source: str,
   """Converts a g_ema state_dict.
 
   Args:
-    sd: torch key -> tensor (rosinality names, no prefix).
+    sd: torch key -> tensor (stylegan2-pytorch names, no prefix).
     source: name for messages.
     config: optional expected config; inferred from shapes when None.
     latent_avg: optional (D,), (1, D) or (n_latent, D) tensor.

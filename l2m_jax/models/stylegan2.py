@@ -1,9 +1,9 @@
-"""StyleGAN2 generator (rosinality layout) in Flax linen, NHWC.
+"""StyleGAN2 generator (stylegan2-pytorch layout) in Flax linen, NHWC.
 
 Karras et al., "Analyzing and Improving the Image Quality of StyleGAN" (CVPR
 2020): mapping network (Sec. 2 / Fig. 2b), weight modulation and demodulation
 (Eq. 1-3), skip generator with ToRGB outputs (Fig. 7). The parameter layout and
-numerics follow rosinality/stylegan2-pytorch `model.py` as specified in
+numerics follow stylegan2-pytorch `model.py` as specified in
 ../shared/spec/latent_to_latent.md §d; checkpoints convert with
 `l2m_jax.convert.stylegan2`.
 
@@ -51,7 +51,7 @@ def channel_widths(size: int, channel_multiplier: int = 2,
   """{resolution: channels}; 512 and 2 give config-f (4..64 px: 512, ...).
 
   Widths are `channel_base` up to 32 px and `channel_base * channel_multiplier
-  * 32 / res` above (rosinality `self.channels`; `channel_base` is an extra
+  * 32 / res` above (stylegan2-pytorch `self.channels`; `channel_base` is an extra
   knob for narrow test models, 512 reproduces upstream).
   """
   widths = {}
@@ -64,7 +64,7 @@ def channel_widths(size: int, channel_multiplier: int = 2,
 
 
 def make_kernel(k: Sequence[float]) -> np.ndarray:
-  """Separable FIR kernel: outer(k, k) / sum (rosinality `make_kernel`)."""
+  """Separable FIR kernel: outer(k, k) / sum (stylegan2-pytorch `make_kernel`)."""
   k = np.asarray(k, np.float32)
   if k.ndim == 1:
     k = np.outer(k, k)
@@ -130,7 +130,7 @@ class EqualLinear(nn.Module):
 
 
 class FusedLeakyReLU(nn.Module):
-  """bias, leaky ReLU(0.2), * sqrt(2) (rosinality `FusedLeakyReLU`)."""
+  """bias, leaky ReLU(0.2), * sqrt(2) (stylegan2-pytorch `FusedLeakyReLU`)."""
   channels: int
 
   @nn.compact
@@ -152,7 +152,7 @@ class ModulatedConv2d(nn.Module):
   linear map (StyleGAN2's "non-fused" form), differing only by float
   rounding, and uses one batched convolution.
 
-  Upsampling: rosinality's conv_transpose2d(stride 2, pad 0) is a correlation
+  Upsampling: stylegan2-pytorch's conv_transpose2d(stride 2, pad 0) is a correlation
   of the 2x-dilated input, padded (k-1, k-1), with the spatially flipped
   kernel; it gives 2H+1, then Blur with pad (1, 1) gives 2H.
   """
@@ -249,7 +249,7 @@ class ToRGB(nn.Module):
   def __call__(self, x, style, skip=None):
     out = self.conv(x, style) + self.bias.astype(x.dtype)
     if skip is not None:
-      # rosinality `Upsample`: kernel * 4, up 2, pad (2, 1) -> 2H.
+      # stylegan2-pytorch `Upsample`: kernel * 4, up 2, pad (2, 1) -> 2H.
       kh = len(self.blur_kernel)
       p = kh - 2
       out = out + upfirdn2d(skip, make_kernel(self.blur_kernel) * 4, up=2,
@@ -316,7 +316,7 @@ class Generator(nn.Module):
       to_rgbs.append(ToRGB(blur_kernel=self.blur_kernel, dtype=self.dtype))
     self.convs = convs
     self.to_rgbs = to_rgbs
-    # rosinality `noises.noise_{i}` buffers and the checkpoint's latent_avg.
+    # stylegan2-pytorch `noises.noise_{i}` buffers and the checkpoint's latent_avg.
     self.noise_buffers = [
         self.variable('noises', f'noise_{i}',
                       lambda s=s: jax.random.normal(self.make_rng('params'), s))
@@ -358,7 +358,7 @@ class Generator(nn.Module):
       truncation_latent: t, [D] / [1, D] / [n_latent, D]; defaults to the
         stored `latent_avg` (collection 'constants').
       noise_mode: 'const' (stored buffers, collection 'noises', as
-        rosinality randomize_noise=False), 'random' (fresh N(0, 1) per sample
+        stylegan2-pytorch randomize_noise=False), 'random' (fresh N(0, 1) per sample
         from `self.make_rng('noise')`) or 'none' (zeros).
       noise: optional explicit list of num_layers arrays [B or 1, r, r, 1];
         overrides `noise_mode`.
