@@ -97,3 +97,14 @@ def test_weights_only_refuses_arbitrary_objects(tmp_path):
   torch.save({'x': _Payload()}, path)
   with pytest.raises(t2f.ConversionError, match='weights_only'):
     t2f.load_torch_file(path)
+
+
+def test_argparse_namespace_entries_load(tmp_path):
+  # e.g. a StyleGAN2 training checkpoint: weights plus the CLI arguments.
+  import argparse  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'train.pt'
+  torch.save({'g_ema': {'w': torch.ones(2)},
+              'args': argparse.Namespace(size=256, lr=0.002)}, path)
+  obj = t2f.load_torch_file(path)
+  assert obj['args'].size == 256
+  np.testing.assert_array_equal(t2f.to_numpy(obj['g_ema']['w']), [1, 1])

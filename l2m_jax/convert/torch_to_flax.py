@@ -95,9 +95,14 @@ def load_torch_file(path: str | os.PathLike) -> Any:
   if path.is_dir():
     raise FileNotFoundError(f'{path}: is a directory, expected a torch '
                             'checkpoint file')
+  import argparse  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   try:
-    return torch.load(path, map_location='cpu', weights_only=True)
+    # Training checkpoints of several upstream code bases store their CLI
+    # arguments as an argparse.Namespace next to the weights (e.g. 'args');
+    # it holds plain values, so it is allowed. Nothing else is unpickled.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+      return torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
     raise ConversionError(
         path, note=f'  not a loadable torch checkpoint '
