@@ -21,24 +21,25 @@ def get_config(arg: str = ''):
     raise ValueError(f"configs/demo.py: unknown argument {arg!r}; expected '' "
                      "or 'quick'")
   quick = arg == 'quick'
-  c = l2m_celebahq.get_config('res=32,attr=smiling')
+  c = l2m_celebahq.get_config('res=32,attr=grey_hair')
   c.seed = 0  # PRNG seed (original 777)
   c.data_dir = ''  # set by the demo to <workdir>/data
-  c.style_dim = 16  # style code size (original 64)
-  c.max_conv_dim = 32  # channel cap (original 512)
+  c.style_dim = 8 if quick else 16  # style code size (original 64)
+  c.base_dim = 8 if quick else 32  # first-conv width of G, E, D (original 2**14 // 32 = 512)
+  c.max_conv_dim = 16 if quick else 128  # channel cap (original 512)
   c.w_hpf = 0.0  # no FAN masks: no landmark weights exist offline (original 1)
   c.preservation = 'none'  # no ResNet-18 weights offline (original resnet18)
   c.batch_size = 8  # global batch, images (original 8)
   c.val_batch_size = 16  # global sample batch (original 32)
-  c.total_iters = 4 if quick else 400  # steps (original 100000)
+  c.total_iters = 4 if quick else 1200  # steps (original 100000)
   c.lr = 3e-4  # Adam lr of G, E, D (original 1e-4; higher for a short run)
   c.ema_beta = 0.9 if quick else 0.99  # EMA decay (original 0.999; short run)
   c.randcrop_prob = 0.0  # generated faces are centred (original 0.5)
   c.shuffle_buffer = 512  # tf.data shuffle buffer
   c.check_files = True  # decode every image once before training
   c.log_every = 1 if quick else 10  # scalar interval, steps
-  c.sample_every = 2 if quick else 100  # sample-grid interval, steps
-  c.save_every = 2 if quick else 100  # checkpoint + EMA-export interval
+  c.sample_every = 2 if quick else 200  # sample-grid interval, steps
+  c.save_every = 2 if quick else 400  # checkpoint + EMA-export interval
   c.keep_checkpoints = 2  # checkpoints kept
   c.eval_every = 0  # in-loop FID off; the demo evaluates at the end
   c.num_sample = 4  # grid sources during training
@@ -46,7 +47,7 @@ def get_config(arg: str = ''):
   c.profile = False  # no profiler trace for the demo
 
   c.demo = ml_collections.ConfigDict()
-  c.demo.attribute = 'smiling'  # smiling | eyeglasses | grey_hair
+  c.demo.attribute = 'grey_hair'  # smiling | eyeglasses | grey_hair
   c.demo.num_train = 64 if quick else 2000  # generated train images
   c.demo.num_val = 16 if quick else 200  # generated val images (edited for metrics)
   c.demo.data_seed = 0  # generation seed
