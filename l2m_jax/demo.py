@@ -54,47 +54,67 @@ def _to_float(u8: np.ndarray) -> np.ndarray:
   return ((u8.astype(np.float32) / 255.0) - 0.5) / 0.5
 
 
-def run_demo(config, workdir: str) -> dict:
-  """Runs the whole demo; returns the metrics dict (also written to JSON)."""
+def _check_attribute(config) -> None:
+  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
+  if config.demo.attribute not in sf.ATTRIBUTES:
+    raise ValueError(f'config.demo.attribute={config.demo.attribute!r}: '
+                     f'expected one of {sf.ATTRIBUTES}')
+
+
+def generate_data(config, workdir: str) -> dict:
+  """Stage 1: writes <workdir>/data/{train,val}/<domain>/*.png; sets data_dir.
+
+  Returns:
+    The export info of `synthetic_faces.export_folder_layout`.
+  """
+  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
+  _check_attribute(config)
+  d = config.demo
+  size = int(config.img_size)
+  work = pathlib.Path(workdir).resolve()
+  work.mkdir(parents=True, exist_ok=True)
+  _say(f'1/5 generating {d.num_train}+{d.num_val} faces at {size}px '
+       f'(attribute {d.attribute!r}, seed {d.data_seed})')
+  info = sf.export_folder_layout(
+      work / 'data', d.attribute, image_size=size, num_train=d.num_train,
+      num_val=d.num_val, seed=d.data_seed, overwrite=True, progress=_say)
+  config.data_dir = str(work / 'data')
+  return info
+
+
+def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
+             timings: dict | None = None) -> dict:
+  """Stages 3-5: edits, editing metrics, metrics.json, demo_grid.png.
+
+  Args:
+    config: the demo config (`config.demo` and the image/batch sizes).
+    workdir: the demo folder; outputs go to <workdir>/metrics.json,
+      <workdir>/demo_grid.png, <workdir>/metric_models/ and TensorBoard
+      scalars/images to <workdir>/train.
+    checkpoint: an EMA export (format 'l2m_gan') of the trained model.
+    timings: seconds spent in the earlier stages, copied into the JSON.
+
+  Returns:
+    The metrics dict (also written to <workdir>/metrics.json).
+  """
   # Imports here keep `--help` fast.
   from l2m_jax import editing  # pylint: disable=g-import-not-at-top
   from l2m_jax import image_io  # pylint: disable=g-import-not-at-top
-  from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
   from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
   from l2m_jax.evaluation import editing_metrics as em  # pylint: disable=g-import-not-at-top
 
+  _check_attribute(config)
   t_start = time.time()
+  timings = dict(timings or {})
   d = config.demo
-  if d.attribute not in sf.ATTRIBUTES:
-    raise ValueError(f'config.demo.attribute={d.attribute!r}: expected one of '
-                     f'{sf.ATTRIBUTES}')
   size = int(config.img_size)
   work = pathlib.Path(workdir).resolve()
   work.mkdir(parents=True, exist_ok=True)
-  _say(f'workdir {work}; devices: {jax.devices()}')
-  timings = {}
-
-  # 1. Data.
-  _say(f'1/5 generating {d.num_train}+{d.num_val} faces at {size}px '
-       f'(attribute {d.attribute!r}, seed {d.data_seed})')
-  t = time.time()
-  info = sf.export_folder_layout(
-      work / 'data', d.attribute, image_size=size, num_train=d.num_train,
-      num_val=d.num_val, seed=d.data_seed, overwrite=True, progress=_say)
-  timings['data_s'] = time.time() - t
-  _say(f'    data ready in {timings["data_s"]:.1f}s: {info["counts"]}')
-  config.data_dir = str(work / 'data')
-
-  # 2. Training.
-  _say(f'2/5 training L2M-GAN for {config.total_iters} steps, batch '
-       f'{config.batch_size} (progress below; TensorBoard: {work / "train"})')
-  t = time.time()
-  train_l2m.train_and_evaluate(config, str(work / 'train'))
-  timings['train_s'] = time.time() - t
-  _say(f'    training done in {timings["train_s"]:.1f}s')
-  ckpt = work / 'train' / 'ema_export'
-  variables, mc = l2m_convert.load_l2m_checkpoint(ckpt)
+  variables, mc = l2m_convert.load_l2m_checkpoint(checkpoint)
+  if mc.img_size != size:
+    raise ValueError(f'{checkpoint}: the model is {mc.img_size}px but '
+                     f'config.img_size is {size}')
 
   # 3. Edits of the validation faces.
   _say(f'3/5 editing {d.num_val} validation faces at degrees '
@@ -137,6 +157,7 @@ def run_demo(config, workdir: str) -> dict:
   em.save_model(work / 'metric_models' / 'identity_regressor', r_params,
                 r_meta)
   timings['metric_models_s'] = time.time() - t
+  t = time.time()
   k = sf.ATTRIBUTES.index(d.attribute)
   masks = sf.region_masks(val['identity'], d.attribute, size)
   results = em.evaluate_edits(
@@ -145,23 +166,8 @@ def run_demo(config, workdir: str) -> dict:
       classifier=(em.output_slice(c_apply, k), c_params),
       identity_model=(r_apply, r_params), region_masks=masks,
       inception_checkpoint=str(config.inception_checkpoint))
+  timings['metrics_s'] = time.time() - t
 
-  metrics = {
-      'attribute': d.attribute,
-      'domains': list(mc.domains),
-      'image_size': size,
-      'train_steps': int(config.total_iters),
-      'num_train': int(d.num_train),
-      'num_val': int(d.num_val),
-      'classifier_heldout_accuracy': dict(zip(sf.ATTRIBUTES,
-                                              c_meta['val_accuracy'])),
-      'regressor_heldout_rmse': r_meta['val_rmse'],
-      'regressor_heldout_l2': r_meta['val_l2'],
-      'edits': results,
-      'timings_s': {**timings, 'total': time.time() - t_start},
-      'device': str(jax.devices()[0].platform),
-      'checkpoint': str(ckpt),
-  }
   head = results.get('degree=1', {})
   _say(f'    edited attribute accuracy (degree 1): '
        f'{head.get("attribute_accuracy")}; identity error '
@@ -180,6 +186,7 @@ def run_demo(config, workdir: str) -> dict:
   grid = image_io.make_grid(np.transpose(cols, (1, 0, 2, 3, 4)))
   from PIL import Image  # pylint: disable=g-import-not-at-top
   Image.fromarray(grid).save(work / 'demo_grid.png')
+  step = int(config.total_iters)
   writer = metric_writers.create_default_writer(
       str(work / 'train'), just_logging=jax.process_index() > 0)
   scalars = {'demo/source_accuracy': results['source_accuracy']}
@@ -187,14 +194,67 @@ def run_demo(config, workdir: str) -> dict:
     if key.startswith('degree='):
       for name, v in m.items():
         scalars[f'demo/{key}/{name}'] = float(v)
-  writer.write_scalars(int(config.total_iters), scalars)
-  writer.write_images(int(config.total_iters), {'demo/grid': grid[None]})
+  writer.write_scalars(step, scalars)
+  writer.write_images(step, {'demo/grid': grid[None]})
   writer.flush()
+  timings['evaluate_s'] = time.time() - t_start
+  if 'train_s' in timings:
+    timings['total'] = sum(timings.get(k, 0.0)
+                           for k in ('data_s', 'train_s', 'evaluate_s'))
+  metrics = {
+      'attribute': d.attribute,
+      'domains': list(mc.domains),
+      'image_size': size,
+      'train_steps': step,
+      'num_train': int(d.num_train),
+      'num_val': int(d.num_val),
+      'grid_sources': [int(i) for i in order],
+      'classifier_heldout_accuracy': dict(zip(sf.ATTRIBUTES,
+                                              c_meta['val_accuracy'])),
+      'regressor_heldout_rmse': r_meta['val_rmse'],
+      'regressor_heldout_l2': r_meta['val_l2'],
+      'edits': results,
+      'timings_s': timings,
+      'device': str(jax.devices()[0].platform),
+      'checkpoint': str(checkpoint),
+  }
   (work / 'metrics.json').write_text(json.dumps(metrics, indent=1))
+  return metrics
+
+
+def run_demo(config, workdir: str) -> dict:
+  """Runs the whole demo; returns the metrics dict (also written to JSON)."""
+  from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
+
+  t_start = time.time()
+  _check_attribute(config)
+  work = pathlib.Path(workdir).resolve()
+  work.mkdir(parents=True, exist_ok=True)
+  _say(f'workdir {work}; devices: {jax.devices()}')
+  timings = {}
+
+  # 1. Data.
+  t = time.time()
+  info = generate_data(config, str(work))
+  timings['data_s'] = time.time() - t
+  _say(f'    data ready in {timings["data_s"]:.1f}s: {info["counts"]}')
+
+  # 2. Training.
+  _say(f'2/5 training L2M-GAN for {config.total_iters} steps, batch '
+       f'{config.batch_size} (progress below; TensorBoard: {work / "train"})')
+  t = time.time()
+  train_l2m.train_and_evaluate(config, str(work / 'train'))
+  timings['train_s'] = time.time() - t
+  _say(f'    training done in {timings["train_s"]:.1f}s')
+  ckpt = work / 'train' / 'ema_export'
+
+  # 3-5. Edits, metrics, outputs.
+  metrics = evaluate(config, str(work), ckpt, timings)
+  domains = metrics['domains']
   _say(f'done in {time.time() - t_start:.0f}s. Results: {work / "metrics.json"}'
        f', grid: {work / "demo_grid.png"}. Edit your own images with: '
        f'python scripts/edit.py --checkpoint {ckpt} --input <img or dir> '
-       f'--target {mc.domains[1]} --out <dir>')
+       f'--target {domains[1]} --out <dir>')
   return metrics
 
 
