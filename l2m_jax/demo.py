@@ -14,7 +14,10 @@ Steps (progress is printed throughout):
      generated training faces and reports (l2m_jax/evaluation/
      editing_metrics.py): attribute accuracy of the edits, identity error vs
      the reconstruction baseline, pixel change outside the attribute's region,
-     and FID (skipped, loudly, without Inception weights).
+     and FID (skipped, loudly, without Inception weights); as reference
+     points, the same metrics for the exact counterfactual (each face
+     re-rendered with the attribute flipped) and the identity distance
+     between different faces.
   5. Writes <workdir>/metrics.json and <workdir>/demo_grid.png (rows =
      sources; columns = source, then one column per degree).
 """
@@ -166,6 +169,23 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
       classifier=(em.output_slice(c_apply, k), c_params),
       identity_model=(r_apply, r_params), region_masks=masks,
       inception_checkpoint=str(config.inception_checkpoint))
+  # Reference points for reading the numbers: the exact counterfactual (the
+  # same face re-rendered with the attribute flipped) is what a perfect edit
+  # scores, and the identity distance between two different val faces is
+  # what losing the identity scores.
+  exact = []
+  for i in range(len(x)):
+    ident, attrs = sf.sample_face(int(d.data_seed), 'val', i)
+    attrs = {**attrs, d.attribute: 1 - attrs[d.attribute]}
+    exact.append(sf.render_face(ident, attrs, size))
+  exact = _to_float(np.stack(exact))
+  references = {'exact_counterfactual': {
+      'attribute_accuracy': em.attribute_accuracy(
+          em.output_slice(c_apply, k), c_params, exact, 1 - y),
+      **em.identity_error(r_apply, r_params, x, exact),
+      'pixel_change_outside': em.pixel_change_outside(x, exact, masks)}}
+  references['different_faces_identity_error'] = float(np.mean(
+      em.identity_distances(r_apply, r_params, x, np.roll(x, 1, axis=0))))
   timings['metrics_s'] = time.time() - t
 
   head = results.get('degree=1', {})
@@ -174,6 +194,11 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
        f'{head.get("identity_error")} vs reconstruction '
        f'{head.get("identity_error_baseline")}; pixel change outside region '
        f'{head.get("pixel_change_outside")}; FID {results["fid"]["status"]}')
+  ref = references['exact_counterfactual']
+  _say(f'    exact counterfactual (a perfect edit): accuracy '
+       f'{ref["attribute_accuracy"]}, identity error {ref["identity_error"]}; '
+       f'identity error between different faces '
+       f'{references["different_faces_identity_error"]}')
 
   # 5. Outputs.
   _say('5/5 writing metrics.json, demo_grid.png and TensorBoard scalars')
@@ -214,6 +239,7 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
       'regressor_heldout_rmse': r_meta['val_rmse'],
       'regressor_heldout_l2': r_meta['val_l2'],
       'edits': results,
+      'references': references,
       'timings_s': timings,
       'device': str(jax.devices()[0].platform),
       'checkpoint': str(checkpoint),

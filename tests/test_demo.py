@@ -86,6 +86,12 @@ def test_demo_stages_smoke(tmp_path):
   # the edits, not the sources.
   assert metrics['edits']['degree=0']['pixel_change_outside'] > 0.01
   assert (tmp_path / 'metric_models' / 'classifier' / 'meta.json').exists()
+  # The exact counterfactual changes only the attribute's region (up to the
+  # anti-aliased mask border), unlike any untrained generator.
+  ref = metrics['references']
+  assert ref['exact_counterfactual']['pixel_change_outside'] < 0.02
+  assert ref['exact_counterfactual']['identity_error'] >= 0.0
+  assert ref['different_faces_identity_error'] > 0.0
 
   with pytest.raises(ValueError, match='config.img_size'):
     wrong = demo_config.get_config('quick')
