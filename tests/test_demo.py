@@ -99,7 +99,7 @@ def test_demo_stages_smoke(tmp_path):
     demo.evaluate(wrong, str(tmp_path), ckpt)
 
 
-@pytest.mark.slow  # compiles the GAN init and train step: ~75 s on 2 cores
+@pytest.mark.slow  # compiles the GAN init and train step: 45-75 s on 2 cores
 def test_quick_demo_end_to_end(tmp_path):
   config = demo_config.get_config('quick')
   metrics = demo.run_demo(config, str(tmp_path))
