@@ -287,10 +287,14 @@ def run_demo(config, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from l2m_jax import errors  # pylint: disable=g-import-not-at-top
   try:
     run_demo(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    sys.exit(f'demo: error: {e}')
+  except Exception as e:  # pylint: disable=broad-except
+    if not errors.is_user_error(e):
+      raise  # a bug: keep the traceback
+    print(f'demo: error: {e}', file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == '__main__':

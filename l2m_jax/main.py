@@ -10,7 +10,6 @@ is touched. See docs/training.md.
 """
 
 import os
-import re
 import sys
 
 from absl import app
@@ -58,30 +57,18 @@ def main(argv):
   logging.info('JAX process %d / %d; local devices %s; %d devices in all',
                jax.process_index(), jax.process_count(), jax.local_devices(),
                jax.device_count())
+  from l2m_jax import errors  # pylint: disable=g-import-not-at-top
   from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
   try:
     train_l2m.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except Exception as e:  # pylint: disable=broad-except
-    if not is_user_error(e):
+    if not errors.is_user_error(e):
       raise
     # A user mistake (bad path, bad data, bad config value, bad checkpoint):
     # the message names the file / key / field; no traceback.
     logging.error('%s: %s', type(e).__name__, e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-
-
-def is_user_error(e: BaseException) -> bool:
-  """Errors caused by the user's paths, data, checkpoints or config values."""
-  from l2m_jax import image_io, input_pipeline  # pylint: disable=g-import-not-at-top
-  from l2m_jax.convert import torch_to_flax  # pylint: disable=g-import-not-at-top
-  if isinstance(e, (input_pipeline.DatasetError, image_io.ImageReadError,
-                    torch_to_flax.ConversionError, FileNotFoundError,
-                    NotADirectoryError, FileExistsError)):
-    return True
-  # Config validation messages start with the field: "batch_size=3: ...".
-  return isinstance(e, ValueError) and bool(
-      re.match(r'^(config\.)?[a-z_][a-z0-9_]*(=| is | must )', str(e)))
 
 
 if __name__ == '__main__':

@@ -23,9 +23,9 @@ def test_missing_data_dir_is_a_clean_error(tmp_path):
 
 
 def test_is_user_error_classifies():
-  from l2m_jax import input_pipeline, main  # pylint: disable=g-import-not-at-top
-  assert main.is_user_error(input_pipeline.DatasetError('x'))
-  assert main.is_user_error(ValueError('batch_size=3: must be a multiple'))
-  assert main.is_user_error(ValueError('config.data_dir is empty: set it'))
-  assert not main.is_user_error(ValueError('Incompatible shapes (3,) (4,)'))
-  assert not main.is_user_error(RuntimeError('boom'))
+  from l2m_jax import errors, input_pipeline  # pylint: disable=g-import-not-at-top
+  assert errors.is_user_error(input_pipeline.DatasetError('x'))
+  assert errors.is_user_error(ValueError('batch_size=3: must be a multiple'))
+  assert errors.is_user_error(ValueError('config.data_dir is empty: set it'))
+  assert not errors.is_user_error(ValueError('Incompatible shapes (3,) (4,)'))
+  assert not errors.is_user_error(RuntimeError('boom'))
