@@ -108,3 +108,11 @@ def test_argparse_namespace_entries_load(tmp_path):
   obj = t2f.load_torch_file(path)
   assert obj['args'].size == 256
   np.testing.assert_array_equal(t2f.to_numpy(obj['g_ema']['w']), [1, 1])
+
+
+def test_read_meta_checks_the_format(tmp_path):
+  t2f.save_converted(tmp_path / 'ck', {'x': np.zeros(2)}, {'format': 'fan'})
+  assert t2f.read_meta(tmp_path / 'ck', 'fan')['format'] == 'fan'
+  with pytest.raises(ValueError, match=r"format is 'fan', expected "
+                     r"'l2m_gan' \(convert with X\)"):
+    t2f.read_meta(tmp_path / 'ck', 'l2m_gan', 'convert with X')

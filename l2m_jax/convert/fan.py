@@ -297,9 +297,7 @@ def load_fan(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
   """Loads a converted 'fan' directory, checked against the FAN's variables."""
   import jax  # pylint: disable=g-import-not-at-top
   from l2m_jax.models import fan  # pylint: disable=g-import-not-at-top
-  meta = t2f.read_meta(path)
-  if meta.get('format') != FORMAT:
-    raise ValueError(f"{path}: meta.json format is {meta.get('format')!r}, "
-                     f"expected '{FORMAT}'")
+  t2f.read_meta(path, FORMAT,
+                'convert with scripts/convert_checkpoint.py --format wing')
   template = jax.eval_shape(fan.init_variables)
   return t2f.load_converted(path, template)

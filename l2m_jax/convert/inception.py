@@ -225,11 +225,7 @@ def load_weights(path: str | os.PathLike | None
     raise FileNotFoundError(f'{path}: no such file or directory. '
                             + NO_DOWNLOAD_HELP)
   if path.is_dir():
-    meta = t2f.read_meta(path)
-    if meta.get('format') != FORMAT:
-      raise ValueError(f'{path}: converted checkpoint has format '
-                       f'{meta.get("format")!r}, expected {FORMAT!r} '
-                       '(Inception weights)')
+    t2f.read_meta(path, FORMAT, 'Inception weights')
     variables, meta = t2f.load_converted(
         path, template=inception_lib.variables_template('torchvision'))
     return variables, meta

@@ -475,11 +475,9 @@ def load_l2m_checkpoint(path: str | os.PathLike
     ValueError: wrong format or config in meta.json.
     ConversionError: variables do not match the config's networks.
   """
-  meta = t2f.read_meta(path)
-  if meta.get('format') != FORMAT:
-    raise ValueError(f"{path}: meta.json format is {meta.get('format')!r}, "
-                     f"expected '{FORMAT}' (convert with scripts/"
-                     'convert_checkpoint.py --format nets_ema)')
+  meta = t2f.read_meta(
+      path, FORMAT, 'convert with scripts/convert_checkpoint.py --format '
+      'nets_ema')
   try:
     config = l2m_models.L2MModelConfig.from_dict(meta.get('config', {}))
   except (TypeError, ValueError) as e:

@@ -184,11 +184,8 @@ def convert_file(path: str, out_dir: str | None = None,
 
 def load_mapper(path: str):
   """Loads a converted mapper: (Latent2Latent module, variables, meta)."""
-  meta = t2f.read_meta(path)
-  if meta.get('format') != FORMAT:
-    raise ValueError(f'{path}: meta.json format is {meta.get("format")!r}, '
-                     f'expected {FORMAT!r} (convert with scripts/'
-                     'convert_latent.py mapper)')
+  meta = t2f.read_meta(path, FORMAT,
+                       'convert with scripts/convert_latent.py mapper')
   model = build_model(meta['config'])
   variables, meta = t2f.load_converted(path, variables_template(model))
   return model, variables, meta
@@ -264,10 +261,8 @@ def load_boundaries(path: str) -> tuple[np.ndarray, list[str]]:
   """
   p = pathlib.Path(path)
   if p.is_dir():
-    meta = t2f.read_meta(p)
-    if meta.get('format') != BOUNDARIES_FORMAT:
-      raise ValueError(f'{path}: meta.json format is {meta.get("format")!r}, '
-                       f'expected {BOUNDARIES_FORMAT!r}')
+    t2f.read_meta(p, BOUNDARIES_FORMAT,
+                  'convert with scripts/convert_latent.py boundaries')
     variables, meta = t2f.load_converted(p)
     return np.asarray(variables['directions'], np.float32), meta['attributes']
   variables, meta = convert_boundaries_file(str(p), log=lambda *_: None)

@@ -324,11 +324,8 @@ def convert_file(path: str, out_dir: str | None = None,
 
 def load_generator(path: str):
   """Loads a converted generator: (Generator module, variables, meta)."""
-  meta = t2f.read_meta(path)
-  if meta.get('format') != FORMAT:
-    raise ValueError(f'{path}: meta.json format is {meta.get("format")!r}, '
-                     f'expected {FORMAT!r} (convert with scripts/'
-                     'convert_latent.py stylegan2)')
+  meta = t2f.read_meta(path, FORMAT,
+                       'convert with scripts/convert_latent.py stylegan2')
   model = build_model(meta['config'])
   from l2m_jax.models.stylegan2 import variables_template  # pylint: disable=g-import-not-at-top
   variables, meta = t2f.load_converted(path, variables_template(model))

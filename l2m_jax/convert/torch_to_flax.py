@@ -237,8 +237,16 @@ def save_converted(out_dir: str | os.PathLike, variables: Mapping[str, Any],
     json.dump(dict(meta), f, indent=1, sort_keys=True)
 
 
-def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-  """Reads meta.json of a converted checkpoint, with a clear error."""
+def read_meta(path: str | os.PathLike, expected_format: str | None = None,
+              how_to_convert: str = '') -> dict[str, Any]:
+  """Reads meta.json of a converted checkpoint, with a clear error.
+
+  Args:
+    path: the checkpoint directory.
+    expected_format: when given, meta['format'] must equal it.
+    how_to_convert: appended to the wrong-format error, e.g. 'convert with
+      scripts/convert_latent.py mapper'.
+  """
   path = pathlib.Path(path)
   meta_file = path / META_FILE
   if not path.is_dir():
@@ -251,9 +259,14 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
                             'is not a converted l2m_jax checkpoint')
   try:
     with open(meta_file) as f:
-      return json.load(f)
+      meta = json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f'{meta_file}: not valid JSON ({e})') from e
+  if expected_format is not None and meta.get('format') != expected_format:
+    hint = f' ({how_to_convert})' if how_to_convert else ''
+    raise ValueError(f'{path}: meta.json format is {meta.get("format")!r}, '
+                     f'expected {expected_format!r}{hint}')
+  return meta
 
 
 def load_converted(path: str | os.PathLike, template: Mapping[str, Any] | None
