@@ -15,6 +15,7 @@ from PIL import Image
 from l2m_jax import image_io
 from l2m_jax.evaluation import fid as fid_lib
 from l2m_jax.evaluation import l2m_eval
+from tests import test_inception
 from third_party.torchvision_compat import import_torchvision
 
 import_torchvision()
@@ -189,16 +190,8 @@ def _random_inception_pth(path: pathlib.Path) -> torch.nn.Module:
 
 
 def _tv_features(m, x):
-  with torch.no_grad():
-    x = m.Conv2d_2b_3x3(m.Conv2d_2a_3x3(m.Conv2d_1a_3x3(x)))
-    x = torch.nn.functional.max_pool2d(x, 3, 2)
-    x = m.Conv2d_4a_3x3(m.Conv2d_3b_1x1(x))
-    x = torch.nn.functional.max_pool2d(x, 3, 2)
-    for name in ('Mixed_5b', 'Mixed_5c', 'Mixed_5d', 'Mixed_6a', 'Mixed_6b',
-                 'Mixed_6c', 'Mixed_6d', 'Mixed_6e', 'Mixed_7a', 'Mixed_7b',
-                 'Mixed_7c'):
-      x = getattr(m, name)(x)
-    return x.mean(dim=(2, 3)).numpy().astype(np.float64)
+  # The official feature path, shared with the Inception parity tests.
+  return test_inception._tv_features(m, x).astype(np.float64)  # pylint: disable=protected-access
 
 
 @pytest.fixture(scope='module')
