@@ -9,13 +9,17 @@ global batch to `shard_batch`, which assembles the global array with
 Train steps are written per device, as pmap code is (the local batch shard
 in, gradients and metrics averaged with `jax.lax.pmean(x, DATA_AXIS)`), and
 compiled here by `compile_step`, either with `jax.jit(shard_map(...))` over
-the mesh (default) or with `jax.pmap` (house style §6).
+the mesh (default) or with `jax.pmap`.
+
+Inference (FID features, edits, latent inversion and rendering) runs per
+process on `local_mesh()` through `map_batches`, the one pad -> shard ->
+apply -> unpad helper.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -93,6 +97,109 @@ def pad_to_multiple(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:
   if rem:
     x = np.concatenate([x, np.repeat(x[-1:], rem, axis=0)], axis=0)
   return x, n
+
+
+def local_mesh() -> jax.sharding.Mesh:
+  """A ('data',) mesh over this process's devices only.
+
+  Inference (FID features, edits, inversion) runs on it: each process works
+  on its own share of the inputs with no cross-process collective, so the
+  processes need not make the same number of calls.
+  """
+  kwargs = {}
+  axis_type = getattr(jax.sharding, 'AxisType', None)
+  if axis_type is not None:
+    kwargs['axis_types'] = (axis_type.Auto,)
+  devices = jax.local_devices()
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
+                       **kwargs)
+
+
+def _place_replicated(x: Any, sharding: NamedSharding) -> Any:
+  if isinstance(x, jax.Array) and x.sharding == sharding:
+    return x
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = _local_value(x)  # a global replicated array: take this host's copy
+  return jax.device_put(x, sharding)
+
+
+def replicate_local(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Places a pytree replicated on a process-local mesh (no-op if placed)."""
+  rep = replicated_sharding(mesh)
+  return jax.tree.map(lambda x: _place_replicated(x, rep), tree)
+
+
+def round_up_batch(batch_size: int, mesh: jax.sharding.Mesh,
+                   name: str = 'batch_size') -> int:
+  """`batch_size` rounded up to a multiple of the mesh's device count."""
+  if batch_size < 1:
+    raise ValueError(f'{name}={batch_size}: must be >= 1')
+  n = mesh.devices.size
+  return -(-batch_size // n) * n
+
+
+def map_batches(fn: Callable[..., Any], data: Any, *, batch_size: int,
+                args: Sequence[Any] = (), mesh: jax.sharding.Mesh | None = None,
+                on_batch: Callable[[int], None] | None = None) -> Any:
+  """Applies `fn(*args, batch)` over the leading axis of `data`, in batches.
+
+  The one inference batching helper: pads each chunk to `batch_size` rows
+  (repeating the last row, so one compilation serves every chunk), splits
+  it over the mesh's 'data' axis, applies `fn`, and drops the padded rows.
+  The next chunk is dispatched before the previous result is fetched, so
+  host work overlaps device work.
+
+  Args:
+    fn: a jitted function `(*args, batch) -> outputs`; `batch` and every
+      output leaf carry the batch on their leading axis.
+    data: a pytree of arrays, all with the same leading size N (this
+      process's share in a multi-process run).
+    batch_size: rows per call; rounded up to a multiple of the device count.
+    args: replicated arguments (parameters), placed once on the mesh.
+    mesh: a process-local ('data',) mesh; `local_mesh()` when None.
+    on_batch: called with the number of valid rows after each chunk
+      (progress bars).
+
+  Returns:
+    The outputs as numpy arrays, leading size N (a pytree like fn's output).
+  """
+  mesh = local_mesh() if mesh is None else mesh
+  if not all(d.process_index == jax.process_index()
+             for d in mesh.devices.flat):
+    raise ValueError('map_batches needs a process-local mesh (local_mesh())')
+  bs = round_up_batch(batch_size, mesh)
+  leaves = jax.tree.leaves(data)
+  if not leaves:
+    raise ValueError('map_batches: no input arrays')
+  n = int(np.shape(leaves[0])[0])
+  for leaf in leaves:
+    if np.shape(leaf)[0] != n:
+      raise ValueError(f'map_batches: inputs have leading sizes '
+                       f'{sorted({np.shape(x)[0] for x in leaves})}; '
+                       'expected one size')
+  if n == 0:
+    raise ValueError('map_batches: empty input (leading size 0)')
+  placed = [replicate_local(a, mesh) for a in args]
+  sharding = data_sharding(mesh)
+  outs, pending = [], None
+
+  def collect(item):
+    out, valid = item
+    outs.append(jax.tree.map(lambda y: np.asarray(y)[:valid], out))
+    if on_batch is not None:
+      on_batch(valid)
+
+  for start in range(0, n, bs):
+    chunk = jax.tree.map(lambda x: np.asarray(x[start:start + bs]), data)
+    valid = min(bs, n - start)
+    chunk = jax.tree.map(lambda x: pad_to_multiple(x, bs)[0], chunk)
+    out = fn(*placed, jax.device_put(chunk, sharding))
+    if pending is not None:
+      collect(pending)
+    pending = (out, valid)
+  if pending is not None:
+    collect(pending)
+  return jax.tree.map(lambda *ys: np.concatenate(ys, axis=0), *outs)
 
 
 PARALLEL_MODES = ('shard_map', 'pmap')

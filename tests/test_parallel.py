@@ -120,3 +120,32 @@ def test_batch_size_validation_names_the_field():
     parallel.per_device_batch_size(6, mesh)
   with pytest.raises(ValueError, match='parallel='):
     parallel.compile_step(_step, mesh, 'dp')
+
+
+def test_map_batches_matches_unbatched_apply():
+  """Padding, sharding over 4 devices and unpadding change nothing."""
+  rng = np.random.default_rng(3)
+  w = rng.standard_normal((5, 3)).astype(np.float32)
+  data = {'x': rng.standard_normal((11, 5)).astype(np.float32),
+          'k': np.arange(11, dtype=np.float32)}
+  fn = jax.jit(lambda w_, b: {'y': jnp.tanh(b['x'] @ w_) * b['k'][:, None],
+                              'n': b['k'] + 1})
+  seen = []
+  out = parallel.map_batches(fn, data, batch_size=6, args=(w,),
+                             on_batch=seen.append)
+  want = np.tanh(data['x'] @ w) * data['k'][:, None]
+  np.testing.assert_allclose(out['y'], want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(out['n'], data['k'] + 1)
+  # 6 rounds up to 8 (4 devices): chunks of 8 and 3 valid rows.
+  assert seen == [8, 3]
+
+
+def test_map_batches_errors():
+  fn = jax.jit(lambda b: b)
+  with pytest.raises(ValueError, match='leading sizes'):
+    parallel.map_batches(fn, (np.zeros((3, 1)), np.zeros((4, 1))),
+                         batch_size=4)
+  with pytest.raises(ValueError, match='empty input'):
+    parallel.map_batches(fn, np.zeros((0, 2)), batch_size=4)
+  with pytest.raises(ValueError, match='batch_size=0'):
+    parallel.map_batches(fn, np.zeros((2, 2)), batch_size=0)
