@@ -10,7 +10,9 @@
 the model config from the tensor shapes, checks every key and shape and
 writes `<out>/meta.json` + `<out>/variables/` (format 'l2m_gan').
 `--format wing` converts StarGAN v2's FAN `wing.ckpt` (format 'fan').
-See docs/editing.md.
+See docs/editing.md. Exit status: 0 on success, 2 on any problem with the
+input (missing file, wrong keys or shapes, non-finite or non-float weights)
+or the output folder, with one message naming it (docs/reliability.md).
 """
 
 import os
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
   except (t2f.ConversionError, FileNotFoundError, FileExistsError,
           ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
-    return 1
+    return 2
   n = len(meta.get('key_map', {}))
   print(f"wrote {args.out} (format {meta['format']}, {n} tensors mapped, "
         f"{len(meta.get('ignored', []))} ignored)")
