@@ -98,9 +98,7 @@ def _main_group(workdir, config_flags, log_dir, name, nproc=2, devices=2):
     env = dict(os.environ, **conftest.compilation_env())
     env.update(JAX_NUM_CPU_DEVICES=str(devices),
                JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo',
-               # Test speed only: one process compiles and sends the binary
-               # to the other; XLA skips its slow optimisation passes.
-               JAX_SHARE_BINARY_BETWEEN_HOSTS='1',
+               # Test speed only: XLA skips its slow optimisation passes.
                JAX_DISABLE_MOST_OPTIMIZATIONS='1')
     if nproc > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
