@@ -141,6 +141,8 @@ def two_process_run(tiny_run, tmp_path_factory):
     rcs_first = first.wait(RUN_TIMEOUT)
   finally:
     first.kill()
+  steps_after_first = sorted(int(p.name) for p in (
+      workdir / 'checkpoints').iterdir() if p.name.isdigit())
   t1 = time.time()
   second = _main_group(workdir, flags, root, 'resumed')
   try:
@@ -151,7 +153,8 @@ def two_process_run(tiny_run, tmp_path_factory):
   print(f'2-process run: interrupted part {t1 - t0:.0f} s, resumed part '
         f'{t2 - t1:.0f} s')
   return dict(workdir=workdir, first=first, second=second,
-              rcs=(rcs_first, rcs_second), seconds=(t1 - t0, t2 - t1))
+              rcs=(rcs_first, rcs_second), seconds=(t1 - t0, t2 - t1),
+              steps_after_first=steps_after_first)
 
 
 def test_sigterm_to_one_process_stops_all_at_one_step(two_process_run):
@@ -163,7 +166,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step(two_process_run):
   step = int(stops[0][0])
   assert 1 <= step < conftest.RUN_OVERRIDES['total_iters']
   # Exit status 0, not -SIGTERM: the signalled process caught it and saved.
-  assert (two_process_run['workdir'] / 'checkpoints' / str(step)).is_dir()
+  assert two_process_run['steps_after_first'] == [step]
 
 
 def test_rerun_resumes_and_finishes(two_process_run):
@@ -227,7 +230,9 @@ def test_ema_export_and_fid_equal_one_process(two_process_run, tiny_run):
   print(f'EMA export, 2 processes vs 1 process: max abs diff {err:.3g}')
   assert err <= 1e-6
   # The real-image statistics: each process's share of the files, combined
-  # across processes, equal the 1-process statistics to float64 round-off.
+  # across processes, equal the 1-process statistics up to the round-off of
+  # the float32 features (the subprocesses compile with fewer XLA
+  # optimisations; a lost or doubled share would move them by ~0.1).
   def real_stats(w):
     out = {}
     for meta in (w / 'fid_cache').glob('*.json'):
@@ -239,7 +244,7 @@ def test_ema_export_and_fid_equal_one_process(two_process_run, tiny_run):
   assert sorted(got_stats) == sorted(want_stats) == ['neg', 'pos']
   for d in want_stats:
     for a, b in zip(got_stats[d], want_stats[d]):
-      np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   # The edited images, gathered to and written by process 0, equal the
   # 1-process ones up to a flipped quantisation level where the float
   # round-off of the parameters (above) crosses a rounding boundary.
@@ -256,7 +261,8 @@ def test_ema_export_and_fid_equal_one_process(two_process_run, tiny_run):
       flips += int(np.sum(a != b))
   assert flips <= 0.01 * 4 * 32 * 32 * 3
   # So the FIDs agree closely: with 2 edited images in 2048 dimensions one
-  # flipped level moves an FID by ~3e-5 (relative).
+  # flipped level moves an FID by ~3e-5 (relative), the feature round-off
+  # by ~1e-6.
   name = 'FID_00004_reference.json'
   got = json.loads((workdir / name).read_text())
   want = json.loads((tiny_run.workdir / name).read_text())
@@ -266,7 +272,7 @@ def test_ema_export_and_fid_equal_one_process(two_process_run, tiny_run):
   print(f'{flips} quantisation flips in the 4 edited images')
   for k in want:
     print(f'{k}: 2 processes {got[k]!r}, 1 process {want[k]!r}')
-    np.testing.assert_allclose(got[k], want[k], rtol=1e-6 if not flips
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5 if not flips
                                else 2e-4)
 
 
