@@ -69,10 +69,6 @@ class Face:
                           for x, y in self.landmarks]}
 
 
-class NoFaceError(ValueError):
-  """No face was found in an image (the message names the image)."""
-
-
 @functools.lru_cache(maxsize=None)
 def detect_fn(dtype: Any = None) -> Callable[..., Any]:
   """Jitted `(variables, images [N, H, W, 3] RGB 0-255) -> raw detections`.

@@ -87,23 +87,26 @@ def _as_array(faces):
 
 
 def test_detect_faces_mixed_sizes_and_downscale(random_detector):
+  """Sizes are grouped (75x101 twice, one of them downscaled from 150x202;
+  40x40 once); results equal the reference on the downscaled copies."""
   net, variables = random_detector
   rng = np.random.default_rng(4)
   imgs = [rng.integers(0, 256, s, dtype=np.uint8)
-          for s in ((48, 64, 3), (40, 40, 3), (48, 64, 3), (96, 128, 3))]
+          for s in ((75, 101, 3), (40, 40, 3), (150, 202, 3))]
   kw = dict(score_threshold=0.0, keep_top_k=8)
-  found = face_detection.detect_faces(variables, imgs, max_size=64, **kw)
-  assert len(found) == 4
+  found = face_detection.detect_faces(variables, imgs, max_size=101, **kw)
+  assert len(found) == 3
   for img, faces in zip(imgs, found):
     h, w = img.shape[:2]
-    r = min(1.0, 64 / max(h, w))
+    r = min(1.0, 101 / max(h, w))
     small = img
     if r < 1:  # the documented downscale: PIL bilinear, coordinates / r
       small = np.asarray(Image.fromarray(img).resize(
           (round(w * r), round(h * r)), Image.BILINEAR))
+      assert small.shape == (75, 101, 3)
     dets, lms = retinaface_torch.detect(net, small[..., ::-1], keep_top_k=8)
     ours_d, ours_l = _as_array(faces)
-    assert ours_d.shape == dets.shape
+    assert ours_d.shape == dets.shape == (8, 5)
     np.testing.assert_allclose(ours_d[:, :4], dets[:, :4] / r, atol=2e-3)
     np.testing.assert_allclose(ours_d[:, 4], dets[:, 4], atol=1e-5)
     np.testing.assert_allclose(ours_l, lms / r, atol=2e-3)
