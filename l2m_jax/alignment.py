@@ -262,9 +262,10 @@ def _align(image: np.ndarray, landmarks: np.ndarray, *, style: str,
                                         (0, 0)), 'reflect')
     h, w, _ = img.shape
     y, x, _ = np.ogrid[:h, :w, :1]
+    x, y = np.float32(x), np.float32(y)
     mask = np.maximum(
-        1.0 - np.minimum(np.float32(x) / pad[0], np.float32(w - 1 - x) / pad[2]),
-        1.0 - np.minimum(np.float32(y) / pad[1], np.float32(h - 1 - y) / pad[3]))
+        1.0 - np.minimum(x / pad[0], np.float32(w - 1 - x) / pad[2]),
+        1.0 - np.minimum(y / pad[1], np.float32(h - 1 - y) / pad[3]))
     img += (scipy.ndimage.gaussian_filter(img, [blur, blur, 0]) - img) * (
         np.clip(mask * 3.0 + 1.0, 0.0, 1.0))
     img += (np.median(img, axis=(0, 1)) - img) * np.clip(mask, 0.0, 1.0)

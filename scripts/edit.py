@@ -271,11 +271,15 @@ def _edit_photos(args, paths, variables, config, source, target) -> int:
       continue
     x = np.stack([image_io.pil_to_array(Image.fromarray(f.crop),
                                         config.img_size) for f in faces])
+    # Batches of a power of two up to --batch-size (the last one padded):
+    # a few compilations in all, little wasted work for one or two faces.
+    rows_per_call = min(bs, 1 << (len(x) - 1).bit_length())
     edited = []
-    for i in range(0, len(x), bs):  # padded to bs rows: one compilation
-      chunk = x[i:i + bs]
+    for i in range(0, len(x), rows_per_call):
+      chunk = x[i:i + rows_per_call]
       n = len(chunk)
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - n, 0)])
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:],
+                                               rows_per_call - n, 0)])
       out = editing.edit_sweep(variables, chunk, source, target, degrees,
                                config=config)
       edited.append(np.asarray(out)[:, :n])

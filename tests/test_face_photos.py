@@ -1,10 +1,10 @@
 """Detect -> align -> paste back on real faces with known answers.
 
-Each real fixture face (../shared/fixtures/faces, FFHQ-aligned) is pasted
-into a larger background with a known similarity A (scale 0.3-1.5, rotation
-up to +-30 degrees, off-centre; tests/face_composites.py). The composite goes
-through the full pipeline (RetinaFace with the released weights, FFHQ
-alignment) and is compared with the original:
+Each real fixture face (FIXTURES/faces of tests/conftest.py, FFHQ-aligned) is
+pasted into a larger background with a known similarity A (scale 0.3-1.5,
+rotation up to +-30 degrees, off-centre; tests/face_composites.py). The
+composite goes through the full pipeline (RetinaFace with the released
+weights, FFHQ alignment) and is compared with the original:
 
 * landmarks: the 5 points found in the composite against A applied to the
   points found in the original photo, as the mean distance over the 5

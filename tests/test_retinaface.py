@@ -2,8 +2,8 @@
 
 Reference: third_party/retinaface_torch.py (biubug6/Pytorch_Retinaface
 mobile0.25, upstream key names). Random-weight parity runs everywhere; the
-real released weights (../shared/fixtures/face_detection) are used when
-present, on the real photos of ../shared/fixtures/faces and on composites.
+real released weights (FIXTURES/face_detection of tests/conftest.py) are
+used when present, on the real photos of FIXTURES/faces and on composites.
 """
 
 import chex
