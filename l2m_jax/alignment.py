@@ -51,7 +51,7 @@ Everything here runs on the host (numpy, scipy.ndimage, PIL).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -454,7 +454,3 @@ def quad_polygon_mask(alignment: Alignment, margin: float = 0.0
   tol = margin / side
   u, v = uv[..., 0] + 0.5, uv[..., 1] + 0.5
   return (u >= -tol) & (u <= 1 + tol) & (v >= -tol) & (v <= 1 + tol)
-
-
-def landmark_names() -> Sequence[str]:
-  return ('left_eye', 'right_eye', 'nose', 'mouth_left', 'mouth_right')
