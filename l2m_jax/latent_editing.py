@@ -27,7 +27,6 @@ import pathlib
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from l2m_jax import parallel

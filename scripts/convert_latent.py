@@ -8,7 +8,7 @@
   python scripts/convert_latent.py boundaries \
       boundaries_anycost-ffhq-config-f.pt --out converted/boundaries
   python scripts/convert_latent.py encoder restyle_e4e_ffhq_encode.pt \
-      --out converted/restyle_e4e_ffhq   # + converted/restyle_e4e_ffhq/generator
+      --out converted/restyle_e4e_ffhq   # and .../restyle_e4e_ffhq/generator
   python scripts/convert_latent.py arcface model_ir_se50.pth \
       --out converted/arcface
   python scripts/convert_latent.py classifier BranchedTiny.ckpt \

@@ -114,6 +114,22 @@ class PhotoNets:
       self.memo[('codes', seed)] = have
     return have[:n_iters]
 
+  def photo_editor(self):
+    """The converted pipeline loaded once through `load_photo_editor`.
+
+    Batch 1 on one device, so every test shares its compiled functions.
+    Returns (PhotoEditor, metas).
+    """
+    if 'pe' not in self.memo:
+      from l2m_jax import latent_editing  # pylint: disable=g-import-not-at-top
+      from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
+      self.memo['pe'] = latent_editing.load_photo_editor(
+          str(self.dirs['encoder']), str(self.dirs['mapper']),
+          arcface_dir=str(self.dirs['arcface']),
+          classifier_dir=str(self.dirs['classifier']), batch_size=1,
+          mesh=parallel.make_mesh(1))
+    return self.memo['pe']
+
 
 _CACHE: dict[str, PhotoNets] = {}
 

@@ -1,4 +1,5 @@
-"""ArcFace IR-SE-50: parity with the torch reference, converter, identity API."""
+"""ArcFace IR-SE-50: parity with the torch reference, converter, identity API.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from l2m_jax import latent_editing as le
-from l2m_jax import parallel
 from l2m_jax.convert import arcface as carc
 from l2m_jax.convert import torch_to_flax as t2f
 from l2m_jax.models import arcface
@@ -20,11 +19,9 @@ from third_party import irse_torch
 @pytest.fixture(scope='module')
 def nets(tmp_path_factory):
   p = pc.photo_nets(tmp_path_factory)  # converted by convert_latent.py
-  model, variables, meta = carc.load_arcface(str(p.dirs['arcface']))
-  # Batch 1 on one device: the compiled network is shared with the other
-  # photo-pipeline tests (the crop compiles apart, per input size).
-  scorer = le.IdentityScorer(model, variables, batch_size=1,
-                             mesh=parallel.make_mesh(1))
+  pe, metas = p.photo_editor()  # batch 1, one device, shared compiles
+  scorer = pe.identity
+  model, variables, meta = scorer.model, scorer.variables, metas['arcface']
   faces = pc.generated_faces(4, 256, seed=1)
   return dict(net=p.arcface, root=p.root, dir=p.dirs['arcface'],
               model=model, variables=variables, meta=meta, scorer=scorer,

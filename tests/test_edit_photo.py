@@ -11,7 +11,6 @@ from PIL import Image
 
 from l2m_jax import image_io
 from l2m_jax import latent_editing as le
-from l2m_jax import parallel
 from scripts import convert_latent
 from scripts import edit_photo
 from tests import photo_checkpoints as pc
@@ -115,19 +114,19 @@ def test_legacy_run_outputs_match_references(run):
 
 def test_api_matches_cli(run):
   """PhotoEditor.invert on the RGBA photo = the CLI's latents (same read)."""
-  p = run['p']
-  pe, metas = le.load_photo_editor(
-      str(p.dirs['encoder']), str(p.dirs['mapper']),
-      arcface_dir=str(p.dirs['arcface']), batch_size=1,
-      mesh=parallel.make_mesh(1))
-  assert set(metas) == {'encoder', 'mapper', 'arcface'}
+  pe, metas = run['p'].photo_editor()
+  assert set(metas) == {'encoder', 'mapper', 'arcface', 'classifier'}
   x = image_io.load_image(run['photos'] / 'b_rgba.png', 256)[None]
   codes = np.load(run['out'] / 'latents.npy')
   np.testing.assert_allclose(pe.invert(x, 1), codes[1:], atol=1e-5)
-  sim = pe.identity_similarity(x, x)
-  np.testing.assert_allclose(sim, 1.0, atol=1e-5)
+  np.testing.assert_allclose(pe.identity_similarity(x, x), 1.0, atol=1e-5)
+  scores = pe.attribute_scores(x, ['smiling'])
+  metrics = json.loads((run['out'] / 'metrics.json').read_text())
+  assert abs(scores[0, 0] - metrics['images'][1]['edits'][0]['attributes'][
+      'smiling']['photo']) <= 1e-6
+  bare = le.PhotoEditor(pe.editor, pe.inverter)
   with pytest.raises(ValueError, match='no attribute classifier'):
-    pe.attribute_scores(x)
+    bare.attribute_scores(x)
 
 
 def test_paper_mode_single_file(run, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""BranchedTiny 40-attribute classifier in PyTorch, unofficial-checkpoint layout.
+"""BranchedTiny 40-attribute CelebA classifier in PyTorch (upstream layout).
 
 Written in-house with the key names of the unofficial Latent-To-Latent code
 (850552586/Latent-To-Latent `models/attribute_classifier/BranchedTiny.py`;
@@ -156,7 +156,8 @@ def lightning_checkpoint(model, **extra):
   """A PyTorch-Lightning style checkpoint dict (`model.` key prefix)."""
   ckpt = {'epoch': 9, 'global_step': 12345,
           'pytorch-lightning_version': '1.0.8',
-          'state_dict': {f'model.{k}': v for k, v in model.state_dict().items()},
+          'state_dict': {f'model.{k}': v
+                         for k, v in model.state_dict().items()},
           'optimizer_states': [], 'lr_schedulers': []}
   ckpt.update(extra)
   return ckpt

@@ -2,8 +2,8 @@
 
 Input: the flat state_dict of `Backbone(112, 50, 'ir_se')` (eladrich/
 pixel2style2pixel `models/encoders/model_irse.py`; weights from TreB1eN's
-InsightFace_Pytorch): `input_layer.*`, `body.{0..23}.*`, `output_layer.{0,3,4}.*`
-(397 entries, 43,797,696 parameters). A `{"state_dict": ...}` wrapper and a
+InsightFace_Pytorch): `input_layer.*`, `body.{0..23}.*`,
+`output_layer.{0,3,4}.*` (397 entries, 43,797,696 parameters). A `{"state_dict": ...}` wrapper and a
 DataParallel `module.` prefix are accepted. `num_batches_tracked` entries are
 dropped and may be absent (files from older PyTorch versions lack them).
 

@@ -201,7 +201,7 @@ def classifier_logits(variables: Any, images: jax.Array, *,
 
 
 def attribute_index(name: str) -> int:
-  """Index of an attribute ('Smiling', 'smiling', '31_Smiling') in ATTRIBUTES."""
+  """Index in ATTRIBUTES of 'smiling' (also 'Smiling', '31_Smiling')."""
   key = re.sub(r'^\d\d_', '', str(name)).lower()
   if key not in ATTRIBUTES:
     raise ValueError(f'unknown attribute {name!r}; the classifier has: '

@@ -125,7 +125,8 @@ class ReStyleEncoder(nn.Module):
 
 def average_image(generator: stylegan2.Generator, g_vars: Any,
                   latent_avg: jax.Array) -> jax.Array:
-  """ReStyle's avg_image: pool256(G(latent_avg)), stored noise: [1, 256, 256, 3]."""
+  """ReStyle's avg_image pool256(G(latent_avg)), stored noise: [1, 256, 256, 3].
+  """
   w = jnp.broadcast_to(jnp.asarray(latent_avg, jnp.float32).reshape(
       1, -1, STYLE_DIM), (1, generator.n_latent, STYLE_DIM))
   img = generator.apply(g_vars, w, input_is_latent=True, noise_mode='const')
