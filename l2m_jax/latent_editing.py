@@ -150,8 +150,11 @@ def _mesh_and_batch(mesh, batch_size: int):
 
 @functools.lru_cache(maxsize=None)
 def _editor_fns(mapper, generator, noise_mode):
-  """Jitted edit (direction / delta) and render functions, shared by every
-  editor of equal modules (so they compile once per batch shape)."""
+  """Jitted edit (direction, delta) and render functions.
+
+  Cached on the (hashable) modules, so every editor built on equal modules
+  shares them and each compiles once per batch shape.
+  """
 
   def edit_dir(m_vars, d, batch):
     w, k = batch

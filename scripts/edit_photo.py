@@ -18,8 +18,9 @@ Writes to --out:
   latents.npy          inverted W+ codes [N, n_latent, 512]
   edited_latents.npy   [N, S, n_latent, 512]
   images/<stem>_reconstruction.png, images/<stem>_s<strength>.png
-  grid.png             rows = photos; columns = photo | reconstruction |
-                       one per strength (cells --grid-size px)
+  grid.png             rows = photos (the first --grid-rows); columns =
+                       photo | reconstruction | one per strength (cells
+                       --grid-size px)
   metrics.json         per photo: ArcFace cosine similarity of the
                        reconstruction and of every edit to the photo (and of
                        every edit to the reconstruction), and the
@@ -49,8 +50,7 @@ def parse_args(argv=None):
       description='Invert aligned face photos with ReStyle-e4e, edit them '
       'with a Latent-To-Latent mapper and measure identity and attributes. '
       'Inputs must already be aligned FFHQ-style square face crops: nothing '
-      'is aligned here.',
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      'is aligned here.')
   p.add_argument('--images', required=True,
                  help='an aligned face photo or a folder of them '
                  '(.png/.jpg/.jpeg)')
@@ -66,7 +66,8 @@ def parse_args(argv=None):
                  help='converted BranchedTiny folder (attribute metrics)')
   p.add_argument('--out', required=True, help='output directory')
   p.add_argument('--n-iters', type=int, default=5,
-                 help='ReStyle refinement iterations')
+                 help='ReStyle refinement iterations (default 5, as the '
+                 'unofficial Latent-To-Latent code)')
   p.add_argument('--mode', choices=('auto', 'legacy', 'paper'),
                  default='auto',
                  help='legacy: boundary pre-shift + blend; paper: attribute-'
@@ -84,15 +85,18 @@ def parse_args(argv=None):
                  'unofficial code); paper: multipliers of the delta vector '
                  '(default 1)')
   p.add_argument('--batch-size', type=int, default=4,
-                 help='photos per compiled call (rounded up to a multiple of '
-                 'the device count)')
+                 help='photos per compiled call, rounded up to a multiple of '
+                 'the device count (default 4)')
   p.add_argument('--num-devices', type=int, default=None,
                  help='local devices to split batches over (default: all)')
   p.add_argument('--noise', choices=('const', 'random', 'none'),
-                 default='const', help='generator noise for the renders')
+                 default='const', help='generator noise for the renders: '
+                 'the stored buffers (default), random or none')
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--grid-size', type=int, default=256,
-                 help='cell size of grid.png in pixels')
+                 help='cell size of grid.png in pixels (default 256)')
+  p.add_argument('--grid-rows', type=int, default=32,
+                 help='photos shown in grid.png, the first ones (default 32)')
   p.add_argument('--strict', action='store_true',
                  help='stop (exit 2) if any input is unreadable or not '
                  'square instead of skipping it')
@@ -220,7 +224,8 @@ def main(argv=None) -> int:
   try:
     for flag, v, lo in (('--batch-size', args.batch_size, 1),
                         ('--n-iters', args.n_iters, 1),
-                        ('--grid-size', args.grid_size, 8)):
+                        ('--grid-size', args.grid_size, 8),
+                        ('--grid-rows', args.grid_rows, 1)):
       if v < lo:
         raise UsageError(f'{flag} {v}: must be >= {lo}')
     if args.strengths and not all(np.isfinite(args.strengths)):
@@ -324,13 +329,15 @@ def main(argv=None) -> int:
           edits_rec.append(e)
         rec['edits'] = edits_rec
         records.append(rec)
-      row = np.concatenate([
-          _cells(x, args.grid_size, resize)[:, None],
-          _cells(recon, args.grid_size, resize)[:, None],
-          _cells(edits.reshape((m * s,) + edits.shape[2:]), args.grid_size,
-                 resize).reshape((m, s, args.grid_size, args.grid_size, 3))],
-                           axis=1)
-      grid_rows.append(image_io.to_uint8(row))
+      k = min(m, args.grid_rows - start)
+      if k > 0:
+        gs = args.grid_size
+        row = np.concatenate([
+            _cells(x[:k], gs, resize)[:, None],
+            _cells(recon[:k], gs, resize)[:, None],
+            _cells(edits[:k].reshape((k * s,) + edits.shape[2:]), gs,
+                   resize).reshape((k, s, gs, gs, 3))], axis=1)
+        grid_rows.append(image_io.to_uint8(row))
       codes_all.append(codes)
       edited_all.append(edited)
       bar.update(m)

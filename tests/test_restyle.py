@@ -63,11 +63,7 @@ def test_one_and_two_iterations_match_torch(nets):
   print(f'ReStyle codes: 1 iteration max abs err {e1:.3g}, 2 iterations '
         f'{e2:.3g} (|codes| up to {np.abs(want[1]).max():.3g}, change '
         f'between iterations {np.abs(want[1] - want[0]).max():.3g})')
-  assert e1 <= 1e-4
-  # Iteration 2 encodes the generator's rendering of iteration 1's codes:
-  # random deep nets amplify the float32 round-off (the slow tests compare
-  # 5 iterations against a float64 reference).
-  assert e2 <= 2e-5 * np.abs(want[1]).max()
+  assert e1 <= 1e-4 and e2 <= 1e-4
   assert np.abs(want[1] - want[0]).max() > 0.1  # iteration 2 does something
   # The reconstruction after iteration 1: pool256(G(codes_1)).
   with torch.no_grad():
@@ -190,7 +186,8 @@ def test_wrong_kind_and_missing_decoder(nets, tmp_path, capsys):
 
 def _float64_report(net, x, jax_codes, n):
   """Errors of ours and of torch float32 against torch float64."""
-  ref32 = _torch_steps(net, x, n)[-1]
+  steps32 = _torch_steps(net, x, n)
+  ref32 = steps32[-1]
   with torch.no_grad():
     ref64 = trs.to_double(net).invert(pc.nchw(x).double(), n).numpy()
   ours = np.abs(jax_codes - ref64).max()
@@ -199,14 +196,14 @@ def _float64_report(net, x, jax_codes, n):
         f'float32 {theirs:.3g}; ours vs torch float32 '
         f'{np.abs(jax_codes - ref32).max():.3g} (|codes| up to '
         f'{np.abs(ref64).max():.3g})')
-  return ours, theirs
+  return ours, theirs, steps32
 
 
 @pytest.mark.slow
 def test_five_iterations_float64_small(nets):
   x = nets['image']
   codes = nets['inverter'].invert(x, 5)
-  ours, theirs = _float64_report(nets['p'].e4e, x, codes, 5)
+  ours, theirs, _ = _float64_report(nets['p'].e4e, x, codes, 5)
   assert ours <= max(2 * theirs, 1e-5)
 
 
@@ -224,9 +221,9 @@ def test_five_iterations_config_f_1024(tmp_path, faces_dir):
                     mesh=parallel.make_mesh(1))
   x = pc.real_faces(faces_dir, 256)[:1]
   c1 = inv.invert(x, 1)
-  e1 = np.abs(c1 - _torch_steps(net, x, 1)[0]).max()
+  codes = inv.invert(x, 5)
+  ours, theirs, ref32 = _float64_report(net, x, codes, 5)
+  e1 = np.abs(c1 - ref32[0]).max()
   print(f'config-f 1 iteration: max abs err {e1:.3g}')
   assert e1 <= 1e-4
-  codes = inv.invert(x, 5)
-  ours, theirs = _float64_report(net, x, codes, 5)
   assert ours <= max(2 * theirs, 1e-5)

@@ -113,11 +113,12 @@ class E4E(nn.Module):
 
 
 def make_e4e(size=1024, style_dim=512, n_mlp=8, channel_base=512, seed=0,
-             latent_avg_shape='rows'):
+             latent_avg_shape='rows', delta_scale=0.25):
   """A random-weight ReStyle-e4e with random BN statistics (tests only).
 
   `latent_avg_shape`: 'rows' gives (n_styles, D) as ReStyle stores it,
-  'vector' gives (D,) (the accepted alternative).
+  'vector' gives (D,) (the accepted alternative). `delta_scale` multiplies
+  the style blocks' linear weights (the size of each iteration's update).
   """
   torch.manual_seed(seed)
   g = stylegan2_torch.Generator(size, style_dim=style_dim, n_mlp=n_mlp,
@@ -136,6 +137,19 @@ def make_e4e(size=1024, style_dim=512, n_mlp=8, channel_base=512, seed=0,
   with torch.no_grad():
     for block in net.encoder.styles:
       block.linear.bias.normal_(0.0, 0.1, generator=gen)
+      # Small deltas, so that the refinement stays in a sane W+ range.
+      block.linear.weight.mul_(delta_scale)
+    # Scale the ToRGB layers (the image is linear in them jointly) so that
+    # G(latent_avg) has standard deviation 0.5, like a photo in [-1, 1];
+    # random config-f generators otherwise reach magnitudes near 20 and
+    # the iterations diverge.
+    net.eval()
+    std = float(net.average_image().std())
+    for name, param in g.named_parameters():
+      if name.startswith('to_rgb') and (name.endswith('conv.weight')
+                                        or name.endswith('.bias')):
+        if not name.endswith('modulation.bias'):
+          param.mul_(0.5 / std)
   return net.eval()
 
 
