@@ -1,8 +1,7 @@
-"""Latent-To-Latent editing: W+ latents -> edited latents and images.
+"""Latent-To-Latent editing: photos and W+ latents -> edited latents and images.
 
-Spec latent_to_latent.md §a.2 (legacy inference), §a.3 (paper mode), §d
-(generator). Two edit forms, both jit-compiled once and run in fixed-size
-batches:
+Edit forms (Khodadadeh et al., "Latent to Latent", WACV 2022, and the
+unofficial 850552586/Latent-To-Latent code; see docs/latent_to_latent.md):
 
 * legacy: one attribute, a sweep of strengths k:
   `w'(k) = 0.7 w + 0.3 M(w + k d_attr)` with `d_attr` the InterFaceGAN normal
@@ -12,19 +11,28 @@ batches:
 
 Images are rendered by the StyleGAN2 generator from W+ with the stored noise
 buffers by default (the unofficial code's `randomize_noise=False`).
+
+Photos enter W+ through ReStyle-e4e (`Inverter.invert`); edits are judged by
+the ArcFace identity similarity (`IdentityScorer.identity_similarity`) and
+the BranchedTiny attribute classifier (`AttributeScorer.attribute_scores`).
+`PhotoEditor` bundles the four. Every network runs jit-compiled, in
+fixed-size batches sharded over this process's devices, through
+`parallel.map_batches`.
 """
 
 from __future__ import annotations
 
+import functools
 import pathlib
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from l2m_jax import parallel
-from l2m_jax.parallel import pad_to_multiple
+from l2m_jax.models import arcface
+from l2m_jax.models import branched_tiny
+from l2m_jax.models import restyle
 
 # CelebA attribute names, normalised as the boundaries file's keys (§g); the
 # order of the paper-mode conditioning vector when A = 40.
@@ -134,18 +142,48 @@ def parse_delta(text: str, names: Sequence[str]) -> np.ndarray:
   return vec
 
 
+def _mesh_and_batch(mesh, batch_size: int):
+  """(process-local mesh, batch size rounded up to its device count)."""
+  mesh = parallel.local_mesh() if mesh is None else mesh
+  return mesh, parallel.round_up_batch(batch_size, mesh)
+
+
+@functools.lru_cache(maxsize=None)
+def _editor_fns(mapper, generator, noise_mode):
+  """Jitted edit (direction, delta) and render functions.
+
+  Cached on the (hashable) modules, so every editor built on equal modules
+  shares them and each compiles once per batch shape.
+  """
+
+  def edit_dir(m_vars, d, batch):
+    w, k = batch
+    return mapper.apply(m_vars, w, None, d, k, method=mapper.edit)
+
+  def edit_delta(m_vars, batch):
+    w, delta = batch
+    return mapper.apply(m_vars, w, delta, None, 0.0, method=mapper.edit)
+
+  def render_fn(g_vars, rng, w):
+    return generator.apply(g_vars, w, input_is_latent=True,
+                           noise_mode=noise_mode, rngs={'noise': rng})
+
+  return jax.jit(edit_dir), jax.jit(edit_delta), jax.jit(render_fn)
+
+
 class LatentEditor:
   """Jit-compiled, batched mapper edit + generator rendering.
 
   Args:
     generator, g_vars: `stylegan2.Generator` and its variables.
     mapper, m_vars: `mapper.Latent2Latent` and its variables.
-    batch_size: rows per compiled call (inputs are padded to it).
+    batch_size: rows per compiled call (inputs are padded to it); rounded up
+      to a multiple of the mesh's device count.
     noise_mode: generator noise ('const', 'random', 'none').
     seed: rng seed for noise_mode='random'.
-    mesh: optional `parallel.make_mesh(...)`; batches are then split over its
-      'data' axis and the variables replicated (batch_size must be a multiple
-      of the device count).
+    mesh: a process-local ('data',) mesh (`parallel.local_mesh()`, the
+      default, or `parallel.make_mesh(n)` in a single process); batches are
+      split over it and the variables replicated.
   """
 
   def __init__(self, generator, g_vars, mapper, m_vars, batch_size: int = 4,
@@ -156,44 +194,16 @@ class LatentEditor:
           f'mapper expects W+ [{mapper.n_latent}, {mapper.style_dim}] but the '
           f'generator ({generator.size} px) uses [{generator.n_latent}, '
           f'{generator.style_dim}]')
-    if batch_size < 1:
-      raise ValueError(f'batch_size={batch_size}: must be >= 1')
-    self.mesh = mesh
-    if mesh is not None:
-      n = mesh.devices.size
-      if batch_size % n:
-        raise ValueError(f'batch_size={batch_size}: must be a multiple of '
-                         f'the {n} devices of the mesh')
-      g_vars = parallel.replicate(g_vars, mesh)
-      m_vars = parallel.replicate(m_vars, mesh)
-    self.generator, self.g_vars = generator, g_vars
-    self.mapper, self.m_vars = mapper, m_vars
-    self.batch_size = batch_size
+    self.mesh, self.batch_size = _mesh_and_batch(mesh, batch_size)
+    self.generator = generator
+    self.g_vars = parallel.replicate_local(g_vars, self.mesh)
+    self.mapper = mapper
+    self.m_vars = parallel.replicate_local(m_vars, self.mesh)
     self.noise_mode = noise_mode
     self.rng = jax.random.key(seed)
 
-    def edit_fn(m_vars, w, delta, direction, strength):
-      return mapper.apply(m_vars, w, delta, direction, strength,
-                          method=mapper.edit)
-
-    def render_fn(g_vars, w, rng):
-      return generator.apply(g_vars, w, input_is_latent=True,
-                             noise_mode=noise_mode, rngs={'noise': rng})
-
-    self._edit = jax.jit(edit_fn)
-    self._render = jax.jit(render_fn)
-
-  def _batched(self, fn, arrays: Sequence[np.ndarray]) -> np.ndarray:
-    n = arrays[0].shape[0]
-    outs = []
-    for start in range(0, n, self.batch_size):
-      chunk = [a[start:start + self.batch_size] for a in arrays]
-      padded = [pad_to_multiple(c, self.batch_size)[0] for c in chunk]
-      if self.mesh is not None:
-        padded = parallel.shard_batch(padded, self.mesh)
-      res = np.asarray(fn(*padded))
-      outs.append(res[:chunk[0].shape[0]])
-    return np.concatenate(outs, axis=0)
+    self._edit_dir, self._edit_delta, self._render = _editor_fns(
+        mapper, generator, noise_mode)
 
   def edit_latents(self, w: np.ndarray, *, direction=None, delta=None,
                    strengths: Sequence[float] = (2.0,)) -> np.ndarray:
@@ -207,9 +217,10 @@ class LatentEditor:
     ws = np.repeat(w, s, axis=0)  # [B*S, n, D]
     st = np.tile(np.asarray(strengths, np.float32), b)  # [B*S]
     if direction is not None:
-      d = jnp.asarray(np.asarray(direction, np.float32).reshape(-1))
-      fn = lambda w_, k_: self._edit(self.m_vars, w_, None, d, k_)
-      out = self._batched(fn, [ws, st])
+      d = np.asarray(direction, np.float32).reshape(-1)
+      out = parallel.map_batches(self._edit_dir, (ws, st),
+                                 batch_size=self.batch_size,
+                                 args=(self.m_vars, d), mesh=self.mesh)
     elif delta is not None:
       delta = np.asarray(delta, np.float32)
       if delta.ndim == 1:
@@ -219,8 +230,9 @@ class LatentEditor:
                          f'[{self.mapper.cond_dim}] or [{b}, '
                          f'{self.mapper.cond_dim}]')
       ds = np.repeat(delta, s, axis=0) * st[:, None]
-      fn = lambda w_, d_: self._edit(self.m_vars, w_, d_, None, 0.0)
-      out = self._batched(fn, [ws, ds])
+      out = parallel.map_batches(self._edit_delta, (ws, ds),
+                                 batch_size=self.batch_size,
+                                 args=(self.m_vars,), mesh=self.mesh)
     else:
       raise ValueError('edit_latents: give a boundary direction (legacy) or '
                        'an attribute-change vector (paper)')
@@ -230,10 +242,229 @@ class LatentEditor:
     """Images [N, H, W, 3] in about [-1, 1] from W+ [N, n_latent, D]."""
     w = np.asarray(w, np.float32)
 
-    def fn(w_):
+    def fn(g_vars, w_):
       self.rng, sub = jax.random.split(self.rng)
-      return self._render(self.g_vars, w_, sub)
-    return self._batched(fn, [w])
+      return self._render(g_vars, sub, w_)
+    return parallel.map_batches(fn, w, batch_size=self.batch_size,
+                                args=(self.g_vars,), mesh=self.mesh)
+
+
+def check_images(images, name: str = 'images', size: int | None = None
+                 ) -> np.ndarray:
+  """Validates a batch of square RGB images in [-1, 1]: float32 [N, S, S, 3].
+
+  Raises:
+    ValueError: naming `name`, what was found and what is expected (a
+      non-float dtype such as uint8, a wrong rank, channel count or size).
+  """
+  arr = np.asarray(images)
+  want = f'[N, {size}, {size}, 3]' if size else '[N, S, S, 3]'
+  if not np.issubdtype(arr.dtype, np.floating):
+    raise ValueError(f'{name}: dtype {arr.dtype}; expected float images in '
+                     f'[-1, 1] (uint8 pixels p map to p / 127.5 - 1)')
+  if arr.ndim == 3 and arr.shape[-1] == 3:
+    arr = arr[None]
+  if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] == 0:
+    raise ValueError(f'{name}: shape {arr.shape}; expected RGB images {want}'
+                     ' (NHWC)')
+  if arr.shape[1] != arr.shape[2] or (size and arr.shape[1] != size):
+    raise ValueError(f'{name}: images are {arr.shape[1]} x {arr.shape[2]}; '
+                     f'expected {want} (aligned square face crops)')
+  arr = np.ascontiguousarray(arr, np.float32)
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f'{name}: images contain NaN or inf')
+  return arr
+
+
+@functools.lru_cache(maxsize=None)
+def _invert_fn(encoder, generator):
+  def fn(enc_vars, g_vars, avg_image, n_iters, x):
+    return restyle.restyle_invert(encoder, enc_vars, generator, g_vars, x,
+                                  n_iters, avg_image)
+  return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def _average_image_fn(generator):
+  return jax.jit(functools.partial(restyle.average_image, generator))
+
+
+class Inverter:
+  """ReStyle-e4e inversion of aligned face photos into W+.
+
+  Args:
+    encoder, enc_vars: `restyle.ReStyleEncoder` and its variables (with the
+      'constants' latent_avg).
+    generator, g_vars: the StyleGAN2 generator paired with the encoder.
+    batch_size: images per compiled call (rounded up to the device count).
+    mesh: process-local mesh (`parallel.local_mesh()` by default).
+  """
+
+  def __init__(self, encoder, enc_vars, generator, g_vars,
+               batch_size: int = 4, mesh=None):
+    if encoder.n_styles != generator.n_latent:
+      raise ValueError(f'the encoder predicts {encoder.n_styles} W+ rows but '
+                       f'the {generator.size} px generator uses '
+                       f'{generator.n_latent}')
+    self.mesh, self.batch_size = _mesh_and_batch(mesh, batch_size)
+    self.encoder, self.generator = encoder, generator
+    self.enc_vars = parallel.replicate_local(enc_vars, self.mesh)
+    self.g_vars = parallel.replicate_local(g_vars, self.mesh)
+    self.avg_image = _average_image_fn(generator)(
+        self.g_vars, self.enc_vars['constants']['latent_avg'])
+    self._fn = _invert_fn(encoder, generator)
+
+  def invert(self, images, n_iters: int = 5,
+             return_reconstruction: bool = False):
+    """W+ codes [N, n_styles, 512] of photos [N, 256, 256, 3] in [-1, 1].
+
+    Args:
+      images: aligned FFHQ-style face crops, 256 x 256, in [-1, 1].
+      n_iters: ReStyle refinement iterations (>= 1; 5 in the unofficial
+        Latent-To-Latent code). One compilation serves every value.
+      return_reconstruction: also return the last 256 px reconstruction
+        pool256(G(codes)) [N, 256, 256, 3].
+    """
+    x = check_images(images, 'images', restyle.INPUT_SIZE)
+    if isinstance(n_iters, bool) or int(n_iters) != n_iters or n_iters < 1:
+      raise ValueError(f'n_iters={n_iters!r}: must be an integer >= 1')
+    codes, recon = parallel.map_batches(
+        self._fn, x, batch_size=self.batch_size,
+        args=(self.enc_vars, self.g_vars, self.avg_image,
+              np.int32(n_iters)), mesh=self.mesh)
+    return (codes, recon) if return_reconstruction else codes
+
+
+@functools.lru_cache(maxsize=None)
+def _apply_fn(model):
+  """jit(model.apply), shared by every scorer of an equal module."""
+  return jax.jit(model.apply)
+
+
+_identity_crop = jax.jit(arcface.identity_crop)
+
+
+class IdentityScorer:
+  """ArcFace IR-SE-50 embeddings and identity similarity (pSp convention).
+
+  Images of any square size in [-1, 1] (256 px or larger: non-256 images are
+  average-pooled to 256), cropped to rows 35:223, columns 32:220 and pooled
+  to 112 px, as pSp's identity loss does.
+  """
+
+  def __init__(self, model, variables, batch_size: int = 8, mesh=None):
+    if model.input_size != 112:
+      raise ValueError(f'the identity crop feeds 112 px; this ArcFace takes '
+                       f'{model.input_size} px')
+    self.mesh, self.batch_size = _mesh_and_batch(mesh, batch_size)
+    self.model = model
+    self.variables = parallel.replicate_local(variables, self.mesh)
+    net = _apply_fn(model)
+    # Crop and network are compiled apart: the network compiles once per
+    # batch size whatever the input resolution.
+    self._fn = lambda variables, x: net(variables, _identity_crop(x))
+
+  def embed(self, images, name: str = 'images') -> np.ndarray:
+    """Unit embeddings [N, 512] of face images [N, S, S, 3] in [-1, 1]."""
+    x = check_images(images, name)
+    return parallel.map_batches(self._fn, x, batch_size=self.batch_size,
+                                args=(self.variables,), mesh=self.mesh)
+
+  def identity_similarity(self, a, b) -> np.ndarray:
+    """Cosine similarity [N] of the ArcFace embeddings of a[i] and b[i].
+
+    1 means the same embedding; pSp's identity loss is 1 - this value.
+    `a` and `b` may have different sizes (e.g. 256 px photos against
+    1024 px renders).
+    """
+    ea, eb = self.embed(a, 'a'), self.embed(b, 'b')
+    if ea.shape[0] != eb.shape[0]:
+      raise ValueError(f'identity_similarity: {ea.shape[0]} images in a but '
+                       f'{eb.shape[0]} in b')
+    return np.sum(ea * eb, axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _classifier_input_fn(resize_mode):
+  return jax.jit(functools.partial(branched_tiny.classifier_input,
+                                   resize_mode=resize_mode))
+
+
+class AttributeScorer:
+  """BranchedTiny attribute probabilities sigmoid(logits), 40 attributes.
+
+  Images [N, H, W, 3] in [-1, 1] go through the unofficial code's input
+  path: [0, 1], PyTorch-nearest resize to 224 (or 'area'), CelebA
+  normalisation.
+  """
+
+  def __init__(self, model, variables, batch_size: int = 8, mesh=None,
+               resize_mode: str = 'nearest'):
+    if resize_mode not in ('nearest', 'area'):
+      raise ValueError(f"resize_mode={resize_mode!r}: expected 'nearest' or "
+                       "'area'")
+    self.mesh, self.batch_size = _mesh_and_batch(mesh, batch_size)
+    self.model = model
+    self.variables = parallel.replicate_local(variables, self.mesh)
+    net, prep = _apply_fn(model), _classifier_input_fn(resize_mode)
+    self._fn = lambda variables, x: net(variables, prep(variables, x))
+
+  def logits(self, images) -> np.ndarray:
+    """The 40 logits [N, 40], in `branched_tiny.ATTRIBUTES` order."""
+    x = check_images(images, 'images')
+    return parallel.map_batches(self._fn, x, batch_size=self.batch_size,
+                                args=(self.variables,), mesh=self.mesh)
+
+  def attribute_scores(self, images, names: Sequence[str] | None = None
+                       ) -> np.ndarray:
+    """Probabilities [N, len(names)] (all 40, classifier order, if None).
+
+    Names are matched case-insensitively ('Smiling', '31_Smiling').
+    """
+    idx = (list(range(len(branched_tiny.ATTRIBUTES))) if names is None else
+           [branched_tiny.attribute_index(n) for n in names])
+    logits = self.logits(images)[:, idx]
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+class PhotoEditor:
+  """Photo -> W+ -> edit -> images, with identity and attribute metrics.
+
+  Attributes:
+    editor: `LatentEditor` (mapper edit + rendering).
+    inverter: `Inverter` (ReStyle-e4e).
+    identity: `IdentityScorer` or None.
+    attributes: `AttributeScorer` or None.
+  """
+
+  def __init__(self, editor: LatentEditor, inverter: Inverter,
+               identity: IdentityScorer | None = None,
+               attributes: AttributeScorer | None = None):
+    g, e = editor.generator, inverter.generator
+    if (g.size, g.n_latent) != (e.size, e.n_latent):
+      raise ValueError(f'the editor renders with a {g.size} px generator but '
+                       f'the encoder was paired with a {e.size} px one')
+    self.editor, self.inverter = editor, inverter
+    self.identity, self.attributes = identity, attributes
+
+  def invert(self, images, n_iters: int = 5, **kwargs):
+    return self.inverter.invert(images, n_iters, **kwargs)
+
+  def identity_similarity(self, a, b) -> np.ndarray:
+    if self.identity is None:
+      raise ValueError('no ArcFace network loaded (pass arcface_dir)')
+    return self.identity.identity_similarity(a, b)
+
+  def attribute_scores(self, images, names=None) -> np.ndarray:
+    if self.attributes is None:
+      raise ValueError('no attribute classifier loaded (pass classifier_dir)')
+    return self.attributes.attribute_scores(images, names)
+
+  def edit_latents(self, w, **kwargs) -> np.ndarray:
+    return self.editor.edit_latents(w, **kwargs)
+
+  def render(self, w) -> np.ndarray:
+    return self.editor.render(w)
 
 
 def load_editor(generator_dir: str, mapper_dir: str, batch_size: int = 4,
@@ -247,3 +478,48 @@ def load_editor(generator_dir: str, mapper_dir: str, batch_size: int = 4,
   editor = LatentEditor(gen, g_vars, mapper, m_vars, batch_size=batch_size,
                         noise_mode=noise_mode, seed=seed, mesh=mesh)
   return editor, dict(generator=g_meta, mapper=m_meta)
+
+
+def load_photo_editor(encoder_dir: str, mapper_dir: str,
+                      arcface_dir: str | None = None,
+                      classifier_dir: str | None = None,
+                      generator_dir: str | None = None, batch_size: int = 4,
+                      noise_mode: str = 'const', seed: int = 0, mesh=None
+                      ) -> tuple[PhotoEditor, dict[str, Any]]:
+  """A PhotoEditor from converted checkpoint folders.
+
+  Args:
+    encoder_dir: `scripts/convert_latent.py encoder` output.
+    mapper_dir: converted mapper.
+    arcface_dir, classifier_dir: optional converted ArcFace / BranchedTiny.
+    generator_dir: the generator; default `<encoder_dir>/generator`.
+    batch_size, noise_mode, seed, mesh: as `LatentEditor`.
+
+  Returns:
+    (PhotoEditor, {name: meta}).
+  """
+  from l2m_jax.convert import arcface as carc  # pylint: disable=g-import-not-at-top
+  from l2m_jax.convert import branched_tiny as cbt  # pylint: disable=g-import-not-at-top
+  from l2m_jax.convert import mapper as cm  # pylint: disable=g-import-not-at-top
+  from l2m_jax.convert import restyle as crs  # pylint: disable=g-import-not-at-top
+  mesh, batch_size = _mesh_and_batch(mesh, batch_size)
+  encoder, enc_vars, generator, g_vars, e_meta = crs.load_restyle(
+      encoder_dir, generator_dir)
+  mapper, m_vars, m_meta = cm.load_mapper(mapper_dir)
+  editor = LatentEditor(generator, g_vars, mapper, m_vars,
+                        batch_size=batch_size, noise_mode=noise_mode,
+                        seed=seed, mesh=mesh)
+  inverter = Inverter(encoder, enc_vars, generator, g_vars,
+                      batch_size=batch_size, mesh=mesh)
+  metas = dict(encoder=e_meta, mapper=m_meta)
+  identity = attributes = None
+  if arcface_dir is not None:
+    model, variables, metas['arcface'] = carc.load_arcface(arcface_dir)
+    identity = IdentityScorer(model, variables, batch_size=batch_size,
+                              mesh=mesh)
+  if classifier_dir is not None:
+    model, variables, metas['classifier'] = cbt.load_classifier(
+        classifier_dir)
+    attributes = AttributeScorer(model, variables, batch_size=batch_size,
+                                 mesh=mesh)
+  return PhotoEditor(editor, inverter, identity, attributes), metas

@@ -109,18 +109,27 @@ def pad_to_multiple(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:
   return x, n
 
 
-def local_mesh() -> jax.sharding.Mesh:
+def local_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   """A ('data',) mesh over this process's devices only.
 
   Inference (FID features, edits, inversion) runs on it: each process works
   on its own share of the inputs with no cross-process collective, so the
   processes need not make the same number of calls.
+
+  Args:
+    num_devices: use only the first this many local devices (e.g. one photo
+      need not be padded to one copy per device); all when None.
   """
   kwargs = {}
   axis_type = getattr(jax.sharding, 'AxisType', None)
   if axis_type is not None:
     kwargs['axis_types'] = (axis_type.Auto,)
   devices = jax.local_devices()
+  if num_devices is not None:
+    if not 1 <= num_devices <= len(devices):
+      raise ValueError(f'num_devices={num_devices}: must be in '
+                       f'[1, {len(devices)}]')
+    devices = devices[:num_devices]
   return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
                        **kwargs)
 

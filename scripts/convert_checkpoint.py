@@ -4,12 +4,17 @@
       --out converted/l2m_smiling
   python scripts/convert_checkpoint.py --format wing expr/checkpoints/wing.ckpt \
       --out converted/wing
+  python scripts/convert_checkpoint.py --format retinaface \
+      weights/mobilenet0.25_Final.pth --out converted/retinaface
 
 `--format nets_ema` (default) reads an L2M-GAN `{step:06d}_nets_ema.ckpt`
 (or a training `_nets.ckpt`, whose discriminator is converted too), infers
 the model config from the tensor shapes, checks every key and shape and
 writes `<out>/meta.json` + `<out>/variables/` (format 'l2m_gan').
 `--format wing` converts StarGAN v2's FAN `wing.ckpt` (format 'fan').
+`--format retinaface` converts the RetinaFace MobileNet-0.25 face detector
+`mobilenet0.25_Final.pth` (format 'retinaface'; a `state_dict` wrapper and a
+`module.` prefix are accepted), used by `scripts/edit.py --align`.
 See docs/editing.md. Exit status: 0 on success, 2 on any problem with the
 input (missing file, wrong keys or shapes, non-finite or non-float weights)
 or the output folder, with one message naming it (docs/reliability.md).
@@ -26,12 +31,15 @@ import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(
-      description='Convert an official L2M-GAN (nets_ema) or FAN (wing) '
-      'PyTorch checkpoint to an l2m_jax checkpoint directory.')
+      description='Convert an official L2M-GAN (nets_ema), FAN (wing) or '
+      'RetinaFace face-detector PyTorch checkpoint to an l2m_jax checkpoint '
+      'directory.')
   p.add_argument('input', help='the .ckpt file')
-  p.add_argument('--format', choices=('nets_ema', 'wing'), default='nets_ema',
+  p.add_argument('--format', choices=('nets_ema', 'wing', 'retinaface'),
+                 default='nets_ema',
                  help='nets_ema: L2M-GAN {step}_nets_ema.ckpt / _nets.ckpt; '
-                 'wing: StarGAN v2 FAN wing.ckpt (default nets_ema)')
+                 'wing: StarGAN v2 FAN wing.ckpt; retinaface: RetinaFace '
+                 'mobilenet0.25_Final.pth (default nets_ema)')
   p.add_argument('--out', required=True, help='output directory')
   p.add_argument('--domains', nargs='+', default=None,
                  help='domain names in label order (sorted training '
@@ -61,7 +69,14 @@ def main(argv=None) -> int:
     return 2
   print(f'converting {args.input} ({args.format}) ...', flush=True)
   try:
-    if args.format == 'wing':
+    if args.format == 'retinaface':
+      if args.domains or args.w_hpf is not None or args.allow_missing:
+        print('error: --domains / --w-hpf / --allow-missing do not apply to '
+              '--format retinaface', file=sys.stderr)
+        return 2
+      from l2m_jax.convert import retinaface as rf_convert  # pylint: disable=g-import-not-at-top
+      variables, meta = rf_convert.convert_checkpoint(args.input)
+    elif args.format == 'wing':
       if args.domains or args.w_hpf is not None:
         print('error: --domains / --w-hpf apply only to --format nets_ema',
               file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Converts StyleGAN2 generators, Latent-To-Latent mappers and boundaries.
+"""Converts StyleGAN2, ReStyle-e4e, ArcFace, BranchedTiny, mappers, boundaries.
 
   python scripts/convert_latent.py stylegan2 stylegan2-ffhq-config-f.pt \
       --out converted/stylegan2_ffhq
@@ -7,14 +7,25 @@
   python scripts/convert_latent.py mapper smiling.pt --out converted/l2l_smiling
   python scripts/convert_latent.py boundaries \
       boundaries_anycost-ffhq-config-f.pt --out converted/boundaries
+  python scripts/convert_latent.py encoder restyle_e4e_ffhq_encode.pt \
+      --out converted/restyle_e4e_ffhq   # and .../restyle_e4e_ffhq/generator
+  python scripts/convert_latent.py arcface model_ir_se50.pth \
+      --out converted/arcface
+  python scripts/convert_latent.py classifier BranchedTiny.ckpt \
+      --out converted/branched_tiny
 
 `stylegan2` accepts a stylegan2-pytorch checkpoint (`g_ema` + `latent_avg`), a bare
 g_ema state_dict, or a pSp / e4e / ReStyle checkpoint (`state_dict` with
 `decoder.*` keys, `latent_avg`); the config is inferred from the shapes (pass
 --size etc. to have it checked). `mapper` reads the unofficial mapper
 state_dict (18 tensors); `--preset paper` loads it into a conditioned mapper
-with a zero conditioning block. Every file loads with
-`torch.load(weights_only=True)`. Problems are reported in one message listing
+with a zero conditioning block. `encoder` reads a ReStyle-e4e checkpoint
+(`state_dict` with `encoder.*` / `decoder.*`, `latent_avg`, `opts`) and writes
+the encoder and, in `<out>/generator`, its StyleGAN2 generator. `arcface`
+reads pSp's `model_ir_se50.pth`, `classifier` the unofficial Latent-To-Latent
+`BranchedTiny.ckpt`. Every file loads with `torch.load(weights_only=True)`
+(a Lightning `.ckpt` holding other objects falls back to a tensors-only
+unpickler that executes nothing). Problems are reported in one message listing
 every missing, unexpected and mis-shaped key. Exit status 0 on success, 2 on
 user errors. See docs/latent_to_latent.md.
 """
@@ -57,6 +68,22 @@ def parse_args(argv=None):
   b.add_argument('input')
   b.add_argument('--out', required=True)
   b.add_argument('--overwrite', action='store_true')
+  e = sub.add_parser('encoder', help='ReStyle-e4e checkpoint (encoder + '
+                     'its generator in <out>/generator)')
+  e.add_argument('input')
+  e.add_argument('--out', required=True)
+  e.add_argument('--mean-latent-samples', type=int, default=10000,
+                 help='z samples for latent_avg when the file has none')
+  e.add_argument('--overwrite', action='store_true')
+  a = sub.add_parser('arcface', help="pSp's ArcFace model_ir_se50.pth")
+  a.add_argument('input')
+  a.add_argument('--out', required=True)
+  a.add_argument('--overwrite', action='store_true')
+  c = sub.add_parser('classifier', help='BranchedTiny.ckpt attribute '
+                     'classifier')
+  c.add_argument('input')
+  c.add_argument('--out', required=True)
+  c.add_argument('--overwrite', action='store_true')
   return p.parse_args(argv)
 
 
@@ -84,9 +111,22 @@ def main(argv=None) -> int:
       cm.convert_file(args.input, args.out, preset=args.preset,
                       n_latent=args.n_latent, cond_dim=args.cond_dim,
                       overwrite=args.overwrite)
-    else:
+    elif args.kind == 'boundaries':
       cm.convert_boundaries_file(args.input, args.out,
                                  overwrite=args.overwrite)
+    elif args.kind == 'encoder':
+      from l2m_jax.convert import restyle as crs  # pylint: disable=g-import-not-at-top
+      if args.mean_latent_samples < 1:
+        raise ValueError('--mean-latent-samples must be >= 1')
+      crs.convert_file(args.input, args.out,
+                       mean_latent_samples=args.mean_latent_samples,
+                       overwrite=args.overwrite)
+    elif args.kind == 'arcface':
+      from l2m_jax.convert import arcface as carc  # pylint: disable=g-import-not-at-top
+      carc.convert_file(args.input, args.out, overwrite=args.overwrite)
+    else:
+      from l2m_jax.convert import branched_tiny as cbt  # pylint: disable=g-import-not-at-top
+      cbt.convert_file(args.input, args.out, overwrite=args.overwrite)
   except (FileNotFoundError, FileExistsError, ValueError,
           t2f.ConversionError) as e:
     print(f'error: {e}', file=sys.stderr)

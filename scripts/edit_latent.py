@@ -18,7 +18,8 @@ Inputs: W+ latents as `.npy` or `.pt` ([B, 18, 512], [18, 512],
 [B, S, 18, 512], `<out>/images/<i>_s<strength>.png` and
 `<out>/images/<i>_orig.png`, and `<out>/grid.png` (rows = latents, columns =
 original | one per strength). The edit and the generator are jit-compiled and
-run in batches of --batch-size. Exit status 0 on success, 2 on user errors.
+run in batches of --batch-size, split over the local devices. Exit status 0
+on success, 2 on user errors. Photos: see scripts/edit_photo.py.
 """
 
 import os
@@ -59,10 +60,11 @@ def parse_args(argv=None):
                  'unofficial code uses 2); paper: multipliers of the delta '
                  'vector (default 1)')
   p.add_argument('--batch-size', type=int, default=4,
-                 help='latents per compiled call (a multiple of --num-devices)')
-  p.add_argument('--num-devices', type=int, default=1,
-                 help='split each batch over this many devices (data '
-                 'parallel); 1 = no sharding')
+                 help='latents per compiled call (rounded up to a multiple '
+                 'of the device count)')
+  p.add_argument('--num-devices', type=int, default=None,
+                 help='split each batch over this many local devices (data '
+                 'parallel); default: all local devices')
   p.add_argument('--noise', choices=('const', 'random', 'none'),
                  default='const',
                  help='generator noise: stored buffers (default, as the '
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
       raise FileExistsError(f'{out}: exists and is not empty (pass '
                             '--overwrite)')
     mesh = None
-    if args.num_devices != 1:
+    if args.num_devices is not None:
       from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
       mesh = parallel.make_mesh(args.num_devices)
     t0 = time.time()

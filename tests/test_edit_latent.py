@@ -106,15 +106,18 @@ def test_sharded_editor_matches_single_device(setup):
     pytest.skip('needs several (virtual) devices')
   tmp, w = setup['tmp'], setup['w'].numpy()
   d = setup['dirs']['00_Male'].numpy()[0]
-  single, _ = le.load_editor(str(tmp / 'G'), str(tmp / 'M'), batch_size=4)
+  single, _ = le.load_editor(str(tmp / 'G'), str(tmp / 'M'), batch_size=4,
+                             mesh=parallel.make_mesh(1))
   mesh = parallel.make_mesh(min(4, jax.device_count()))
-  sharded, _ = le.load_editor(str(tmp / 'G'), str(tmp / 'M'),
-                              batch_size=mesh.devices.size, mesh=mesh)
+  # batch_size 3 is rounded up to the device count (one row per device).
+  sharded, _ = le.load_editor(str(tmp / 'G'), str(tmp / 'M'), batch_size=3,
+                              mesh=mesh)
+  assert sharded.batch_size == mesh.devices.size
   a = single.edit_latents(w, direction=d, strengths=[1.0, 3.0])
   b = sharded.edit_latents(w, direction=d, strengths=[1.0, 3.0])
   np.testing.assert_allclose(a, b, atol=1e-6)
-  with pytest.raises(ValueError, match='multiple'):
-    le.load_editor(str(tmp / 'G'), str(tmp / 'M'), batch_size=3, mesh=mesh)
+  np.testing.assert_allclose(single.render(w[:2]), sharded.render(w[:2]),
+                             atol=1e-5)
 
 
 @pytest.mark.parametrize('extra,msg', [

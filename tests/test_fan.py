@@ -231,29 +231,45 @@ def test_heatmaps_to_masks_rejects_other_sizes():
     fan.heatmaps_to_masks(jnp.zeros((1, 64, 64, 98)))
 
 
-def _check_masks(got, want, name):
-  """Masks agree to ATOL everywhere and are non-trivial.
+def _near_threshold(model, x_nchw, tol=1e-4):
+  """Number of upsampled heatmap values within `tol` of the 0.1 cut."""
+  with torch.no_grad():
+    heat = model.get_heatmap(x_nchw, b_preprocess=False)
+    heat = F.interpolate(heat, scale_factor=4, mode='bilinear',
+                         align_corners=True)
+  return int(torch.sum(torch.abs(heat - 0.1) <= tol))
 
-  The heatmaps agree to ~1e-6, so a value within rounding of the 0.1
-  truncation threshold could in principle be cut in one implementation and
-  kept in the other; the count of pixels off by more than ATOL is printed
-  to make such a flip easy to diagnose. None occurs for these inputs.
+
+def _check_masks(got, want, name, flips_allowed=0):
+  """Masks agree to ATOL except at threshold flips, and are non-trivial.
+
+  The heatmaps agree to ~1e-6, so a heatmap value within rounding of the
+  0.1 truncation threshold can be cut in one implementation and kept in the
+  other. Each such value can move at most one mask pixel, so the pixels off
+  by more than ATOL may number at most `flips_allowed`, the count of torch
+  heatmap values within 1e-4 of the threshold (and at most 0.01% of all
+  pixels); every other pixel agrees to ATOL.
   """
   diff = np.abs(got - want)
-  print(f'{name}: max abs err {diff.max():.3g}, pixels > {ATOL}: '
-        f'{int(np.sum(diff > ATOL))}, non-zero {np.mean(want > 0):.1%}')
+  off = int(np.sum(diff > ATOL))
+  print(f'{name}: max abs err {diff.max():.3g}, pixels > {ATOL}: {off} '
+        f'(near-threshold heatmap values: {flips_allowed}), '
+        f'non-zero {np.mean(want > 0):.1%}')
   assert 0.05 < float(np.mean(want > 0)) < 0.95, f'{name} trivial'
-  assert diff.max() <= ATOL
+  assert off <= min(flips_allowed, diff.size // 10000)
+  if off:
+    assert np.sort(diff, axis=None)[-off - 1] <= ATOL
 
 
 def test_get_masks_matches_torch(nets, inputs):
   model, variables = nets
   with torch.no_grad():
     want1, want2 = model.get_heatmap(_nchw(inputs))
+  flips = _near_threshold(model, _nchw(inputs))
   got1, got2 = jax.jit(fan.get_masks)(variables, inputs)
   assert got1.shape == got2.shape == (2, 256, 256, 1)
-  _check_masks(np.asarray(got1), _nhwc(want1), 'M_1')
-  _check_masks(np.asarray(got2), _nhwc(want2), 'M_2')
+  _check_masks(np.asarray(got1), _nhwc(want1), 'M_1', flips)
+  _check_masks(np.asarray(got2), _nhwc(want2), 'M_2', flips)
 
 
 @pytest.mark.slow
@@ -264,9 +280,10 @@ def test_get_masks_matches_torch_at_128px(nets, inputs):
                           align_corners=False, antialias=True))
   with torch.no_grad():
     want1, want2 = model.get_heatmap(_nchw(x))
+  flips = _near_threshold(model, _nchw(x))
   got1, got2 = jax.jit(fan.get_masks)(variables, x)
-  _check_masks(np.asarray(got1), _nhwc(want1), 'M_1 (128 px)')
-  _check_masks(np.asarray(got2), _nhwc(want2), 'M_2 (128 px)')
+  _check_masks(np.asarray(got1), _nhwc(want1), 'M_1 (128 px)', flips)
+  _check_masks(np.asarray(got2), _nhwc(want2), 'M_2 (128 px)', flips)
 
 
 @pytest.mark.slow

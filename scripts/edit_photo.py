@@ -1,0 +1,374 @@
+"""Edits face photos with Latent-To-Latent: invert, edit, render, measure.
+
+  python scripts/edit_photo.py --images photos/ \
+      --encoder converted/restyle_e4e_ffhq --mapper converted/l2l_smiling \
+      --boundaries boundaries_anycost-ffhq-config-f.pt --attribute smiling \
+      --arcface converted/arcface --classifier converted/branched_tiny \
+      --strengths 1 2 --out edits/
+
+Inputs must be aligned, FFHQ-style square face crops (.png/.jpg/.jpeg; the
+pipeline aligns nothing). Each photo is resized to 256 x 256 (PIL bilinear,
+as ReStyle's transform), inverted into W+ with ReStyle-e4e (--n-iters
+refinement steps, default 5), edited with the mapper (legacy: one attribute's
+boundary pre-shift, one column per --strengths value; paper: an
+attribute-change vector --delta / --delta-file scaled by each strength), and
+rendered with the encoder's StyleGAN2 generator (stored noise).
+
+Writes to --out:
+  latents.npy          inverted W+ codes [N, n_latent, 512]
+  edited_latents.npy   [N, S, n_latent, 512]
+  images/<stem>_reconstruction.png, images/<stem>_s<strength>.png
+  grid.png             rows = photos (the first --grid-rows); columns =
+                       photo | reconstruction | one per strength (cells
+                       --grid-size px)
+  metrics.json         per photo: ArcFace cosine similarity of the
+                       reconstruction and of every edit to the photo (and of
+                       every edit to the reconstruction), and the
+                       classifier's probabilities of the edited attributes
+                       on the photo, the reconstruction and every edit;
+                       plus the skipped inputs and the settings.
+
+--arcface and --classifier are optional; without them the corresponding
+metrics are left out. Unreadable, corrupt or non-square images are reported
+(path and reason) and skipped; --strict stops instead. Exit status: 0 when
+every photo was edited, 1 when some were skipped, 2 on usage errors.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
+import json  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
+import time  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(
+      description='Invert aligned face photos with ReStyle-e4e, edit them '
+      'with a Latent-To-Latent mapper and measure identity and attributes. '
+      'Inputs must already be aligned FFHQ-style square face crops: nothing '
+      'is aligned here.')
+  p.add_argument('--images', required=True,
+                 help='an aligned face photo or a folder of them '
+                 '(.png/.jpg/.jpeg)')
+  p.add_argument('--encoder', required=True,
+                 help='converted ReStyle-e4e folder (convert_latent.py '
+                 'encoder)')
+  p.add_argument('--generator', default=None,
+                 help='converted generator (default: <encoder>/generator)')
+  p.add_argument('--mapper', required=True, help='converted mapper folder')
+  p.add_argument('--arcface', default=None,
+                 help='converted ArcFace folder (identity metrics)')
+  p.add_argument('--classifier', default=None,
+                 help='converted BranchedTiny folder (attribute metrics)')
+  p.add_argument('--out', required=True, help='output directory')
+  p.add_argument('--n-iters', type=int, default=5,
+                 help='ReStyle refinement iterations (default 5, as the '
+                 'unofficial Latent-To-Latent code)')
+  p.add_argument('--mode', choices=('auto', 'legacy', 'paper'),
+                 default='auto',
+                 help='legacy: boundary pre-shift + blend; paper: attribute-'
+                 'change vector; auto: legacy when the mapper has no '
+                 'conditioning input')
+  p.add_argument('--boundaries',
+                 help='(legacy) boundaries .pt or converted directory')
+  p.add_argument('--attribute', help='(legacy) attribute name, e.g. smiling')
+  p.add_argument('--delta',
+                 help='(paper) NAME=VALUE,... over the 40 CelebA attributes')
+  p.add_argument('--delta-file',
+                 help='(paper) .npy attribute-change vector [A]')
+  p.add_argument('--strengths', type=float, nargs='+', default=None,
+                 help='legacy: pre-shift factors k (default 2, the '
+                 'unofficial code); paper: multipliers of the delta vector '
+                 '(default 1)')
+  p.add_argument('--batch-size', type=int, default=4,
+                 help='photos per compiled call, rounded up to a multiple of '
+                 'the device count (default 4)')
+  p.add_argument('--num-devices', type=int, default=None,
+                 help='local devices to split batches over (default: all)')
+  p.add_argument('--noise', choices=('const', 'random', 'none'),
+                 default='const', help='generator noise for the renders: '
+                 'the stored buffers (default), random or none')
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--grid-size', type=int, default=256,
+                 help='cell size of grid.png in pixels (default 256)')
+  p.add_argument('--grid-rows', type=int, default=32,
+                 help='photos shown in grid.png, the first ones (default 32)')
+  p.add_argument('--strict', action='store_true',
+                 help='stop (exit 2) if any input is unreadable or not '
+                 'square instead of skipping it')
+  p.add_argument('--no-progress', action='store_true',
+                 help='no progress bar')
+  p.add_argument('--overwrite', action='store_true')
+  return p.parse_args(argv)
+
+
+class UsageError(ValueError):
+  """A user mistake: reported without a traceback, exit status 2."""
+
+
+def _fmt(s: float) -> str:
+  return f'{s:g}'.replace('-', 'm')
+
+
+def _collect_inputs(path: pathlib.Path, image_io):
+  """(image files, ignored non-image files) of a file or folder."""
+  if path.is_dir():
+    entries = sorted(p for p in path.iterdir() if p.is_file())
+    images = [p for p in entries if image_io.is_image_file(p)]
+    others = [p for p in entries if not image_io.is_image_file(p)]
+    if not images:
+      raise UsageError(f'{path}: contains no image files '
+                       f'({", ".join(image_io.IMAGE_EXTENSIONS)})')
+    return images, others
+  if path.is_file():
+    return [path], []
+  raise FileNotFoundError(f'{path}: no such file or directory')
+
+
+def _read_photos(paths, image_io, size):
+  """Reads square photos at `size`: (arrays, kept paths, names, skipped)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  photos, kept, names, skipped = [], [], [], []
+  for p in paths:
+    try:
+      img = image_io.open_rgb(p)
+    except image_io.ImageReadError as e:
+      skipped.append(dict(file=str(p), reason=e.reason))
+      continue
+    w, h = img.size
+    if w != h:
+      skipped.append(dict(file=str(p), reason=(
+          f'not square ({w} x {h}); expected an aligned square face crop')))
+      continue
+    if w < size:
+      print(f'warning: {p} is {w} x {h}, smaller than {size}: upsampled',
+            file=sys.stderr)
+    photos.append(image_io.pil_to_array(img, size))
+    kept.append(p)
+    names.append(p.stem)
+  if len(set(names)) != len(names):
+    names = [f'{i:04d}_{n}' for i, n in enumerate(names)]
+  return (np.stack(photos) if photos else None), kept, names, skipped
+
+
+def _edit_settings(args, mapper, le, cm):
+  """(mode, edit kwargs, strengths, edited attribute names, settings)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  mode = args.mode
+  if mode == 'auto':
+    mode = 'paper' if mapper.cond_dim else 'legacy'
+  if mode == 'legacy':
+    if not args.boundaries or not args.attribute:
+      raise UsageError('legacy mode needs --boundaries and --attribute')
+    directions, names = cm.load_boundaries(args.boundaries)
+    idx = cm.find_attribute(names, args.attribute, args.boundaries)
+    if directions.shape[1] != mapper.style_dim:
+      raise UsageError(f'{args.boundaries}: directions have width '
+                       f'{directions.shape[1]}, the mapper '
+                       f'{mapper.style_dim}')
+    strengths = args.strengths or [2.0]
+    return (mode, dict(direction=directions[idx]), strengths, [names[idx]],
+            dict(attribute=names[idx]))
+  if not mapper.cond_dim:
+    raise UsageError(f'{args.mapper}: this mapper has no conditioning input '
+                     '(legacy); use --mode legacy')
+  if (args.delta is None) == (args.delta_file is None):
+    raise UsageError('paper mode needs exactly one of --delta and '
+                     '--delta-file')
+  names = list(le.CELEBA_ATTRIBUTES)
+  if args.delta is not None:
+    if mapper.cond_dim != len(names):
+      raise UsageError(f'--delta names the 40 CelebA attributes but the '
+                       f'mapper has cond_dim {mapper.cond_dim}; use '
+                       '--delta-file')
+    delta = le.parse_delta(args.delta, names)
+  else:
+    try:
+      delta = np.asarray(np.load(args.delta_file, allow_pickle=False),
+                         np.float32)
+    except (OSError, ValueError) as e:
+      raise UsageError(f'{args.delta_file}: cannot read .npy ({e})') from None
+    if delta.shape != (mapper.cond_dim,):
+      raise UsageError(f'{args.delta_file}: shape {delta.shape}; expected '
+                       f'[{mapper.cond_dim}]')
+  edited = ([n for n, v in zip(names, delta) if v != 0]
+            if len(delta) == len(names) else [])
+  return (mode, dict(delta=delta), args.strengths or [1.0], edited,
+          dict(delta=delta.tolist()))
+
+
+def _cells(images, size, resize):
+  """[N, H, W, 3] -> [N, size, size, 3] for the grid (area pooling)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return np.asarray(resize.adaptive_avg_pool2d(np.asarray(images),
+                                               (size, size)))
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  from l2m_jax import image_io  # pylint: disable=g-import-not-at-top
+  from l2m_jax import latent_editing as le  # pylint: disable=g-import-not-at-top
+  from l2m_jax.convert import mapper as cm  # pylint: disable=g-import-not-at-top
+  from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
+  from l2m_jax.models import branched_tiny  # pylint: disable=g-import-not-at-top
+  from l2m_jax.models import resize  # pylint: disable=g-import-not-at-top
+  from l2m_jax.models import restyle  # pylint: disable=g-import-not-at-top
+
+  out = pathlib.Path(args.out)
+  try:
+    for flag, v, lo in (('--batch-size', args.batch_size, 1),
+                        ('--n-iters', args.n_iters, 1),
+                        ('--grid-size', args.grid_size, 8),
+                        ('--grid-rows', args.grid_rows, 1)):
+      if v < lo:
+        raise UsageError(f'{flag} {v}: must be >= {lo}')
+    if args.strengths and not all(np.isfinite(args.strengths)):
+      raise UsageError(f'--strengths must be finite, got {args.strengths}')
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+      raise FileExistsError(f'{out}: exists and is not empty (pass '
+                            '--overwrite)')
+    paths, others = _collect_inputs(pathlib.Path(args.images), image_io)
+    for p in others:
+      print(f'note: ignoring {p}: not an image file '
+            f'({", ".join(image_io.IMAGE_EXTENSIONS)})', file=sys.stderr)
+    photos, kept, names, skipped = _read_photos(paths, image_io,
+                                                restyle.INPUT_SIZE)
+    for s in skipped:
+      print(f'warning: skipping {s["file"]}: {s["reason"]}', file=sys.stderr)
+    if skipped and args.strict:
+      raise UsageError(f'{len(skipped)} unusable image(s) (--strict): '
+                       + ', '.join(s['file'] for s in skipped))
+    if photos is None:
+      raise UsageError(f'{args.images}: no readable square image')
+
+    # The edit settings first (the mapper is small): mistakes there are
+    # reported before the large networks load.
+    mapper, _, _ = cm.load_mapper(args.mapper)
+    mode, edit_kw, strengths, attrs, settings = _edit_settings(
+        args, mapper, le, cm)
+    attrs = [a for a in attrs if a in branched_tiny.ATTRIBUTES]
+    mesh = None
+    if args.num_devices is not None:
+      from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
+      mesh = parallel.make_mesh(args.num_devices)
+    t0 = time.time()
+    pe, _ = le.load_photo_editor(
+        args.encoder, args.mapper, arcface_dir=args.arcface,
+        classifier_dir=args.classifier, generator_dir=args.generator,
+        batch_size=args.batch_size, noise_mode=args.noise, seed=args.seed,
+        mesh=mesh)
+    if pe.identity is None:
+      print('note: no --arcface: identity metrics are left out',
+            file=sys.stderr)
+    if pe.attributes is None:
+      print('note: no --classifier: attribute metrics are left out',
+            file=sys.stderr)
+    print(f'loaded encoder, {pe.editor.generator.size} px generator and '
+          f'mapper in {time.time() - t0:.1f}s; mode {mode}, strengths '
+          f'{strengths}, {len(names)} photo(s), {args.n_iters} ReStyle '
+          'iteration(s)', flush=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    n, s = len(names), len(strengths)
+    codes_all, edited_all, grid_rows, records = [], [], [], []
+    bs = pe.editor.batch_size
+    bar = tqdm(total=n, unit='photo', desc='photos',
+               disable=args.no_progress)
+    t0 = time.time()
+    for start in range(0, n, bs):
+      x = photos[start:start + bs]
+      m = len(x)
+      codes = pe.invert(x, args.n_iters)
+      edited = pe.edit_latents(codes, strengths=strengths, **edit_kw)
+      recon = pe.render(codes)
+      edits = pe.render(edited.reshape((m * s,) + edited.shape[2:]))
+      edits = edits.reshape((m, s) + edits.shape[1:])
+      ids = scores = None
+      if pe.identity is not None:
+        e_photo = pe.identity.embed(x)
+        e_rec = pe.identity.embed(recon)
+        e_edit = pe.identity.embed(edits.reshape((m * s,) + edits.shape[2:]))
+        e_edit = e_edit.reshape(m, s, -1)
+        ids = (np.sum(e_photo * e_rec, -1),
+               np.einsum('nd,nsd->ns', e_photo, e_edit),
+               np.einsum('nd,nsd->ns', e_rec, e_edit))
+      if pe.attributes is not None and attrs:
+        scores = (pe.attributes.attribute_scores(x, attrs),
+                  pe.attributes.attribute_scores(recon, attrs),
+                  pe.attributes.attribute_scores(
+                      edits.reshape((m * s,) + edits.shape[2:]),
+                      attrs).reshape(m, s, -1))
+      for i in range(m):
+        name = names[start + i]
+        image_io.save_image(out / 'images' / f'{name}_reconstruction.png',
+                            recon[i])
+        for j, st in enumerate(strengths):
+          image_io.save_image(out / 'images' / f'{name}_s{_fmt(st)}.png',
+                              edits[i, j])
+        rec = dict(file=str(kept[start + i]), name=name)
+        if ids is not None:
+          rec['reconstruction'] = dict(identity_to_photo=float(ids[0][i]))
+        edits_rec = []
+        for j, st in enumerate(strengths):
+          e = dict(strength=float(st))
+          if ids is not None:
+            e['identity_to_photo'] = float(ids[1][i, j])
+            e['identity_to_reconstruction'] = float(ids[2][i, j])
+          if scores is not None:
+            e['attributes'] = {
+                a: dict(photo=float(scores[0][i, k]),
+                        reconstruction=float(scores[1][i, k]),
+                        edit=float(scores[2][i, j, k]))
+                for k, a in enumerate(attrs)}
+          edits_rec.append(e)
+        rec['edits'] = edits_rec
+        records.append(rec)
+      k = min(m, args.grid_rows - start)
+      if k > 0:
+        gs = args.grid_size
+        row = np.concatenate([
+            _cells(x[:k], gs, resize)[:, None],
+            _cells(recon[:k], gs, resize)[:, None],
+            _cells(edits[:k].reshape((k * s,) + edits.shape[2:]), gs,
+                   resize).reshape((k, s, gs, gs, 3))], axis=1)
+        grid_rows.append(image_io.to_uint8(row))
+      codes_all.append(codes)
+      edited_all.append(edited)
+      bar.update(m)
+    bar.close()
+    elapsed = time.time() - t0
+    np.save(out / 'latents.npy', np.concatenate(codes_all))
+    np.save(out / 'edited_latents.npy', np.concatenate(edited_all))
+    image_io.save_image(out / 'grid.png',
+                        image_io.make_grid(np.concatenate(grid_rows)))
+    metrics = dict(
+        settings=dict(mode=mode, strengths=[float(v) for v in strengths],
+                      n_iters=args.n_iters, noise=args.noise,
+                      encoder=args.encoder, mapper=args.mapper,
+                      arcface=args.arcface, classifier=args.classifier,
+                      edited_attributes=attrs, **settings),
+        images=records, skipped=skipped,
+        ignored=[str(p) for p in others],
+        seconds=elapsed)
+    with open(out / 'metrics.json', 'w') as f:
+      json.dump(metrics, f, indent=1)
+    print(f'edited {n} photo(s) x {s} strength(s) in {elapsed:.1f}s '
+          f'(includes compilation); wrote {out}')
+  except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,
+          t2f.ConversionError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  if skipped:
+    print(f'{len(skipped)} input(s) skipped', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
