@@ -291,10 +291,15 @@ def main(argv):
   try:
     run_demo(_CONFIG.value, _WORKDIR.value)
   except Exception as e:  # pylint: disable=broad-except
-    if not errors.is_user_error(e):
+    # Exit codes: l2m_jax/errors.py (docs/reliability.md).
+    if errors.is_user_error(e):
+      code = errors.EXIT_USER_ERROR
+    elif errors.is_divergence(e):
+      code = errors.EXIT_DIVERGED
+    else:
       raise  # a bug: keep the traceback
     print(f'demo: error: {e}', file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 if __name__ == '__main__':

@@ -6,6 +6,14 @@ Conventions (spec l2m_gan.md §d, StarGAN v2 `core/data_loader.py`, `core/utils.
   resize to (size, size) with PIL bilinear (antialiased when downsampling, as
   torchvision's `Resize` on a PIL image) -> [0, 1] by /255 -> (v - 0.5) / 0.5,
   giving float32 [-1, 1] HWC.
+* One decoder rule for every path (this PIL path and the tf.data training
+  path, `input_pipeline.decode`, give the same uint8 pixels for every PNG
+  and JPEG mode, tested per mode): 16-bit samples keep their high byte
+  (v >> 8, what libpng and PIL do for 16-bit RGB/RGBA and what TF does for
+  all 16-bit PNGs; PIL's own convert('RGB') would clip 16-bit grayscale to
+  almost white); alpha is dropped without compositing; palette, 1-bit and
+  grayscale images are expanded to RGB; JPEGs are decoded with the accurate
+  integer IDCT (libjpeg's default, TF's 'INTEGER_ACCURATE').
 * Writing: clamp((x + 1) / 2, 0, 1) -> uint8 = floor(255 v + 0.5) -> PNG, as
   torchvision's `save_image` does after the official `denormalize`.
 
@@ -67,6 +75,11 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
   try:
     with Image.open(path) as img:
       img.load()
+      if img.mode.startswith('I'):
+        # 16-bit grayscale PNG ('I;16*', or 'I' from older Pillow): keep the
+        # high byte, as for every other 16-bit PNG (see the module docstring).
+        high = np.asarray(img).astype(np.int64) >> 8
+        img = Image.fromarray(np.clip(high, 0, 255).astype(np.uint8), 'L')
       # RGBA, LA, P and L all go through PIL's convert('RGB'), as the
       # official loader's `Image.open(...).convert('RGB')` (alpha dropped).
       return img.convert('RGB')

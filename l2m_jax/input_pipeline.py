@@ -17,16 +17,26 @@ Training batches reproduce StarGAN v2's `data_loader.py` (spec §e.2):
   original) `RandomResizedCrop(img_size, scale, ratio)`, then `Resize` to
   img_size (bilinear), `RandomHorizontalFlip(0.5)`, and `(v - 0.5) / 0.5`.
 
-Deviation from PyTorch: all randomness is stateless, seeded by (seed, step,
-process index), so batch k is a pure function of k: resuming at step k
-continues the exact stream of an uninterrupted run (the data iterator's
-position is the step, saved with the train state), and no state needs a
-checkpoint. PIL's antialiased bilinear resize is approximated by
+Deviation from PyTorch: all randomness is stateless, seeded by (seed, step)
+and the image's row in the global batch, so batch k is a pure function of k:
+resuming at step k continues the exact stream of an uninterrupted run (the
+data iterator's position is the step, saved with the train state), and no
+state needs a checkpoint. PIL's antialiased bilinear resize is approximated by
 `tf.image.resize(antialias=True)` (max abs difference a few 1e-2 on [-1, 1]
 at strong downscaling; the evaluation path uses l2m_jax.image_io instead).
 
-Multi-host: each process draws its own `batch_size / process_count` images
-with its own seed stream; `parallel.shard_batch` assembles the global batch.
+Multi-host: global batch k is a function of (seed, k) alone; each process
+reads and augments only its rows of it (`parallel.process_slice`), and
+`parallel.shard_batch` assembles the global batch, so a run is the same on
+any number of processes.
+Which process this is, and its share of ordered evaluation files, come from
+l2m_jax.parallel.
+
+Layout checks (`check_layout`, run before training): the train split has
+at least two domain folders, each with at least one image; the val split,
+when present, has the same domain folders, each with images; no other
+split adds domain names. Each violation is a `DatasetError` naming the
+folders.
 """
 
 from __future__ import annotations
@@ -36,12 +46,12 @@ import pathlib
 from typing import Any, Iterator, Sequence
 
 from absl import logging
-import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from l2m_jax import image_io
+from l2m_jax import parallel
 
 # Number of RandomResizedCrop proposals before torchvision falls back to a
 # centre crop (torchvision.transforms.RandomResizedCrop.get_params).
@@ -82,33 +92,132 @@ def domains(data_dir: str | os.PathLike) -> list[str]:
   return list(_builder(data_dir).info.features['label'].names)
 
 
+def _domain_folders(split_dir: pathlib.Path) -> dict[str, int]:
+  """{domain folder name: number of image files} of one split folder."""
+  out = {}
+  for d in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+    out[d.name] = sum(1 for f in d.iterdir()
+                      if f.is_file() and image_io.is_image_file(f))
+  return out
+
+
+def check_layout(data_dir: str | os.PathLike, train_split: str = 'train',
+                 val_split: str | None = 'val',
+                 num_domains: int | None = None) -> list[str]:
+  """Checks the folder layout before training; returns the domain names.
+
+  Raises:
+    DatasetError: naming the folders, when the train split is missing, has
+      fewer than two domain folders, has a domain folder without images,
+      when a val split exists whose domain folders differ from train's or
+      one of them has no images, when another split folder adds domain
+      names (labels are the sorted names over all splits), or when
+      `num_domains` differs from the number of domains.
+  """
+  root = pathlib.Path(data_dir).expanduser()
+  if not root.is_dir():
+    raise DatasetError(f'data_dir={str(root)!r}: not a directory; expected '
+                       'train/<domain>/*.{jpg,png} (and val/<domain>/...)')
+  train = root / train_split
+  if not train.is_dir():
+    raise DatasetError(f'{train}: no such folder; expected '
+                       f'{train_split}/<domain>/*.{{jpg,jpeg,png}} under '
+                       f'{root}')
+  counts = _domain_folders(train)
+  exts = '/'.join(image_io.IMAGE_EXTENSIONS)
+  empty = [str(train / d) for d, n in counts.items() if n == 0]
+  if empty:
+    raise DatasetError(f'{len(empty)} domain folder(s) of the training '
+                       f'split hold no image files ({exts}): '
+                       + ', '.join(empty) + '; add images or remove the '
+                       'folder(s)')
+  names = sorted(counts)
+  if len(names) < 2:
+    raise DatasetError(f'{train}: found {len(names)} domain folder(s) '
+                       f'{names}; L2M-GAN translates between domains and '
+                       'needs at least 2 (e.g. train/neg and train/pos)')
+  if val_split:
+    val = root / val_split
+    if val.is_dir():
+      vcounts = _domain_folders(val)
+      missing = [str(val / d) for d in names if d not in vcounts]
+      extra = [str(val / d) for d in vcounts if d not in counts]
+      vempty = [str(val / d) for d, n in vcounts.items()
+                if n == 0 and d in counts]
+      if missing or extra or vempty:
+        parts = []
+        if missing:
+          parts.append('missing: ' + ', '.join(missing))
+        if extra:
+          parts.append('not in the training split: ' + ', '.join(extra))
+        if vempty:
+          parts.append('without image files: ' + ', '.join(vempty))
+        raise DatasetError(
+            f'the domain folders of {val} do not match those of {train} '
+            f'({names}); ' + '; '.join(parts))
+  for other in sorted(p for p in root.iterdir() if p.is_dir()):
+    if other.name in (train_split, val_split):
+      continue
+    extra = [d for d in _domain_folders(other) if d not in counts]
+    if extra:
+      raise DatasetError(
+          f'{other}: folder(s) {extra} are not domains of {train} but would '
+          f'become labels (labels are the sorted folder names of every split '
+          f'under {root}); remove or rename them')
+  if num_domains is not None and int(num_domains) != len(names):
+    raise DatasetError(f'num_domains={num_domains} but {train} has '
+                       f'{len(names)} domain folders {names}')
+  return names
+
+
 def check_files(data_dir: str | os.PathLike,
                 splits: Sequence[str] = ('train', 'val')) -> int:
   """Decodes every image of the given splits once; raises listing bad files.
 
   Run before training so that a corrupt file fails the run at start, with
-  every bad path at once, rather than hours in.
+  every bad path at once, rather than hours in. In a multi-process run each
+  process checks its own share of the files and all processes agree on the
+  outcome (every process must call this).
 
   Returns:
-    The number of files checked.
+    The number of files checked by this process.
   """
   builder = _builder(data_dir)
   paths = []
   for split in splits:
     if split in builder.info.splits:
       paths += _examples(builder, split)[0]
+  paths = paths[parallel.process_slice(len(paths))]
   logging.info('Checking %d image files under %s ...', len(paths), data_dir)
   bad = image_io.find_unreadable(paths)
+  everywhere_ok = parallel.all_processes(not bad)
   if bad:
     lines = '\n'.join(f'  {p}: {why}' for p, why in bad)
     raise DatasetError(f'{len(bad)} unreadable image file(s) under '
                        f'{data_dir}; fix or remove them:\n{lines}')
+  if not everywhere_ok:
+    raise DatasetError(f'unreadable image file(s) under {data_dir}, found '
+                       'by another process (its log lists them)')
   return len(paths)
 
 
+def decode(data: tf.Tensor) -> tf.Tensor:
+  """Encoded PNG/JPEG bytes -> uint8 [H, W, 3], by the one decoder rule.
+
+  The same pixels as `image_io.open_rgb` (PIL) for every mode (module
+  docstring of l2m_jax.image_io): JPEGs with the accurate integer IDCT
+  (tf.io.decode_image would use the fast one, up to 6 levels off), PNGs with
+  16-bit samples reduced to their high byte, alpha dropped.
+  """
+  return tf.cond(
+      tf.io.is_jpeg(data),
+      lambda: tf.io.decode_jpeg(data, channels=3,
+                                dct_method='INTEGER_ACCURATE'),
+      lambda: tf.io.decode_png(data, channels=3, dtype=tf.uint8))
+
+
 def _decode(path: tf.Tensor) -> tf.Tensor:
-  img = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                           expand_animations=False)
+  img = decode(tf.io.read_file(path))
   return tf.cast(img, tf.float32) / 255.0  # [H, W, 3] in [0, 1]
 
 
@@ -191,16 +300,20 @@ def train_dataset(config: Any, start_step: int = 0,
 
   Each element is {'x_src': [b, S, S, 3] float32 in [-1, 1],
   'y_src': [b] int32, 'y_trg': [b] int32} with b = config.batch_size /
-  process_count. Batch k depends only on (config.seed, k, process_index).
+  process_count: this process's rows (`parallel.process_slice`) of global
+  batch k, which depends only on (config.seed, k). So the global batches,
+  and the training, are the same for any number of processes and devices.
   """
-  process_index = (jax.process_index() if process_index is None
+  process_index = (parallel.process_index() if process_index is None
                    else process_index)
-  process_count = (jax.process_count() if process_count is None
+  process_count = (parallel.process_count() if process_count is None
                    else process_count)
   if config.batch_size % process_count:
     raise DatasetError(f'batch_size={config.batch_size}: must be a multiple '
                        f'of the process count ({process_count})')
-  local_batch = config.batch_size // process_count
+  global_batch = int(config.batch_size)
+  local_batch = global_batch // process_count
+  rows = parallel.process_slice(global_batch, process_index, process_count)
   builder = _builder(config.data_dir)
   paths, labels = _examples(builder, config.train_split)
   num_domains = len(builder.info.features['label'].names)
@@ -220,12 +333,15 @@ def train_dataset(config: Any, start_step: int = 0,
              flip_prob=float(config.flip_prob))
 
   def indices(step):
-    step_seed = tf.stack([tf.constant(seed, tf.int64) * 1_000_003 +
-                          process_index, step])
+    # The whole global batch is drawn (cheap: indices and seeds only) and
+    # this process keeps its rows.
+    step_seed = tf.stack([tf.constant(seed, tf.int64) * 1_000_003, step])
     s = tf.random.experimental.stateless_split(step_seed, 3)
-    src = tf.random.stateless_categorical(logits, local_batch, s[0])[0]
-    ref = tf.random.stateless_categorical(logits, local_batch, s[1])[0]
-    img_seeds = tf.random.experimental.stateless_split(s[2], local_batch)
+    src = tf.random.stateless_categorical(logits, global_batch, s[0])[0]
+    ref = tf.random.stateless_categorical(logits, global_batch, s[1])[0]
+    img_seeds = tf.random.experimental.stateless_split(s[2], global_batch)
+    src, ref = src[rows.start:rows.stop], ref[rows.start:rows.stop]
+    img_seeds = img_seeds[rows.start:rows.stop]
     return tf.data.Dataset.from_tensor_slices(
         (tf.gather(paths_t, src), tf.gather(labels_t, src),
          tf.gather(labels_t, ref), img_seeds))
@@ -252,27 +368,30 @@ def eval_dataset(config: Any, split: str | None = None,
                  ) -> tf.data.Dataset:
   """Ordered validation images: {'image': [b, S, S, 3] in [-1, 1], 'label'}.
 
-  Read with `tfds.ImageFolder.as_dataset` (no shuffling), resized to
-  img_size (bilinear, antialiased), sharded over processes before batching
-  (ImageFolder rejects sub-splits), last partial batch kept.
+  The split's files in sorted order, this process's contiguous share of
+  them (`parallel.process_slice`) when `shard`, decoded by `decode`,
+  resized to img_size (bilinear, antialiased), last partial batch kept.
   """
   split = split or config.val_split
   builder = _builder(config.data_dir)
   if split not in builder.info.splits:
     raise DatasetError(f'{config.data_dir}: no "{split}" split for '
                        f'evaluation; found {sorted(builder.info.splits)}')
-  ds = builder.as_dataset(split=split, shuffle_files=False)
-  if shard and jax.process_count() > 1:
-    ds = ds.shard(jax.process_count(), jax.process_index())
+  paths, labels = _examples(builder, split)
+  if shard:
+    share = parallel.process_slice(len(paths))
+    paths, labels = paths[share], labels[share]
   size = int(config.img_size)
 
-  def prep(ex):
-    img = tf.cast(ex['image'], tf.float32) / 255.0
-    img = tf.image.resize(img, (size, size), 'bilinear', antialias=True)
+  def prep(path, label):
+    img = tf.image.resize(_decode(path), (size, size), 'bilinear',
+                          antialias=True)
     return {'image': (tf.clip_by_value(img, 0, 1) - 0.5) / 0.5,
-            'label': tf.cast(ex['label'], tf.int32)}
+            'label': label}
 
-  bs = batch_size or max(1, config.val_batch_size // jax.process_count())
+  bs = batch_size or max(1, config.val_batch_size // parallel.process_count())
+  ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string),
+                                           tf.constant(labels, tf.int32)))
   return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(bs).prefetch(
       int(config.prefetch))
 

@@ -7,6 +7,10 @@ Multi-host: when the environment describes several processes (SLURM,
 Cloud TPU, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
 JAX_PROCESS_ID), `jax.distributed.initialize()` is called before any device
 is touched. See docs/training.md.
+
+Exit status (l2m_jax/errors.py, docs/reliability.md): 0 done or stopped by
+SIGTERM after saving, 2 a user error (one message, no traceback), 3 training
+diverged (NaN/inf; nothing non-finite saved), 1 a bug (traceback).
 """
 
 import os
@@ -62,13 +66,19 @@ def main(argv):
   try:
     train_l2m.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except Exception as e:  # pylint: disable=broad-except
-    if not errors.is_user_error(e):
-      raise
-    # A user mistake (bad path, bad data, bad config value, bad checkpoint):
-    # the message names the file / key / field; no traceback.
+    # Exit codes: l2m_jax/errors.py (docs/reliability.md).
+    if errors.is_user_error(e):
+      # A user mistake (bad path, bad data, bad config value, bad
+      # checkpoint, a locked workdir): the message names the file / key /
+      # field; no traceback.
+      code = errors.EXIT_USER_ERROR
+    elif errors.is_divergence(e):
+      code = errors.EXIT_DIVERGED
+    else:
+      raise  # a bug: keep the traceback
     logging.error('%s: %s', type(e).__name__, e)
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 if __name__ == '__main__':

@@ -14,11 +14,21 @@ the mesh (default) or with `jax.pmap`.
 Inference (FID features, edits, latent inversion and rendering) runs per
 process on `local_mesh()` through `map_batches`, the one pad -> shard ->
 apply -> unpad helper.
+
+Processes: `process_slice` gives each process its share of a list of inputs;
+`is_main_process` says which one writes files; `sync` is a barrier every
+process must reach; `any_process` / `all_processes` agree on a flag (stop
+decisions, cache hits); `gather_stats` collects float64 host arrays from
+every process bit-exactly (FID statistics); `gather_to_main` brings host
+arrays of every process to the main one (images it writes). Each of these
+is a collective when there are several processes: every process must call
+it, in the same order.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -211,6 +221,165 @@ def map_batches(fn: Callable[..., Any], data: Any, *, batch_size: int,
   return jax.tree.map(lambda *ys: np.concatenate(ys, axis=0), *outs)
 
 
+# ---------------------------------------------------------------------------
+# Processes: shares, barriers, agreement, gathers.
+# ---------------------------------------------------------------------------
+
+
+def process_index() -> int:
+  return jax.process_index()
+
+
+def process_count() -> int:
+  return jax.process_count()
+
+
+def is_main_process() -> bool:
+  """True on the one process that writes files (process 0)."""
+  return jax.process_index() == 0
+
+
+def process_slice(n: int, index: int | None = None,
+                  count: int | None = None) -> slice:
+  """This process's contiguous share of n items (sizes differ by at most 1).
+
+  Shares are in process order, so concatenating them in process order gives
+  the items in their original order.
+  """
+  index = jax.process_index() if index is None else index
+  count = jax.process_count() if count is None else count
+  base, extra = divmod(int(n), count)
+  start = index * base + min(index, extra)
+  return slice(start, start + base + (1 if index < extra else 0))
+
+
+def max_share(n: int, count: int | None = None) -> int:
+  """The largest share any process gets of n items (see process_slice)."""
+  count = jax.process_count() if count is None else count
+  return -(-int(n) // count)
+
+
+_SYNC_COUNTER = itertools.count()
+# Seconds a process waits at a barrier for the others (slow compiles and
+# O(D^3) FID work on the main process happen between barriers).
+BARRIER_TIMEOUT_S = 3600
+
+
+def sync(name: str) -> None:
+  """A barrier every process must reach (a no-op with one process).
+
+  It waits on the coordination service of jax.distributed (up to
+  BARRIER_TIMEOUT_S), not on a device collective: CPU collectives (gloo)
+  give up when processes arrive more than 30 s apart, so every collective
+  of this module is preceded by such a barrier.
+  """
+  if jax.process_count() > 1:
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    barrier = ocp.multihost.get_barrier_sync_fn()
+    barrier(key=f'l2m_{name}_{next(_SYNC_COUNTER)}',
+            timeout_ms=BARRIER_TIMEOUT_S * 1000)
+
+
+def _allgather(x: np.ndarray) -> np.ndarray:
+  """[P, ...]: x of every process, in process order (a collective)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  sync('allgather')
+  return np.asarray(multihost_utils.process_allgather(np.asarray(x),
+                                                      tiled=False))
+
+
+def _flags(flag: bool) -> np.ndarray:
+  if jax.process_count() == 1:
+    return np.asarray([bool(flag)])
+  return _allgather(np.asarray([int(bool(flag))], np.int32))[:, 0] > 0
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process when `flag` is True on any (a collective)."""
+  return bool(np.any(_flags(flag)))
+
+
+def all_processes(flag: bool) -> bool:
+  """True on every process when `flag` is True on all (a collective)."""
+  return bool(np.all(_flags(flag)))
+
+
+def gather_stats(arrays: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+  """Host arrays of every process, bit-exact, in process order (a collective).
+
+  float64 travels as its raw bytes (JAX computes in float32 unless x64 is
+  on), so the result is exactly what each process holds. Every process
+  must pass arrays of the same shapes and dtypes.
+
+  Returns:
+    [process][i] -> the i-th array of that process.
+  """
+  arrays = [np.ascontiguousarray(a) for a in arrays]
+  if jax.process_count() == 1:
+    return [arrays]
+  raw = np.concatenate([a.reshape(-1).view(np.uint8) for a in arrays])
+  pad = (-raw.size) % 4
+  words = np.concatenate([raw, np.zeros(pad, np.uint8)]).view(np.uint32)
+  gathered = _allgather(words)  # [P, W] uint32
+  out = []
+  for row in gathered:
+    buf = np.ascontiguousarray(row).view(np.uint8)
+    items, offset = [], 0
+    for a in arrays:
+      items.append(buf[offset:offset + a.nbytes].view(a.dtype).reshape(
+          a.shape).copy())
+      offset += a.nbytes
+    out.append(items)
+  return out
+
+
+def broadcast_from_main(values: np.ndarray) -> np.ndarray:
+  """The main process's array on every process, bit-exact (a collective).
+
+  Every process passes an array of the same shape and dtype (the others'
+  contents are ignored).
+  """
+  return gather_stats([np.asarray(values)])[0][0]
+
+
+def gather_to_main(x: np.ndarray, valid: int) -> np.ndarray | None:
+  """Rows of every process's x[:valid], concatenated in process order.
+
+  A collective: every process passes an array of the same shape and dtype
+  (pad it) and the number of its valid rows. Returns the rows on the main
+  process and None elsewhere.
+  """
+  x = np.asarray(x)
+  if jax.process_count() == 1:
+    return x[:valid]
+  counts = _allgather(np.asarray([int(valid)], np.int32))[:, 0]
+  rows = _allgather(x)
+  if not is_main_process():
+    return None
+  return np.concatenate([r[:int(c)] for r, c in zip(rows, counts)], axis=0)
+
+
+def preemption_service_available() -> bool:
+  """Whether JAX's preemption service runs (multi-process runs, by default)."""
+  if jax.process_count() == 1:
+    return False
+  return bool(getattr(jax.config, 'jax_enable_preemption_service', True))
+
+
+def reached_preemption_sync_point(step: int) -> bool:
+  """True on every process at the same step once any process got SIGTERM.
+
+  Multi-process runs only: JAX's preemption service (started by
+  `jax.distributed.initialize`) catches SIGTERM on any process and all
+  processes agree on the next step as the stop step. Must be called at every
+  step by every process. Always False with one process.
+  """
+  if jax.process_count() == 1:
+    return False
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.reached_preemption_sync_point(int(step)))
+
+
 PARALLEL_MODES = ('shard_map', 'pmap')
 
 
@@ -294,6 +463,21 @@ class CompiledStep:
 
   def __call__(self, state, batch, *args):
     return self.fn(state, batch, *args)
+
+  def compile_ahead(self, state, batch, *args) -> 'CompiledStep':
+    """This step compiled now for these inputs; then a barrier.
+
+    The first call of a jitted step compiles it, and processes finish
+    compiling at different times; CPU collectives (gloo) fail when the
+    processes reach the step's first collective more than 30 s apart. So
+    the step is compiled ahead of time (the returned CompiledStep runs the
+    compiled executable) and every process waits for the others before the
+    first step.
+    """
+    lower = getattr(self.fn, 'lower', None)
+    fn = self.fn if lower is None else lower(state, batch, *args).compile()
+    sync('step_compiled')
+    return dataclasses.replace(self, fn=fn)
 
 
 def compile_step(step_fn: Callable[..., Any], mesh: jax.sharding.Mesh,

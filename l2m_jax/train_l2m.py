@@ -259,6 +259,47 @@ def _pmean(tree):
   return jax.lax.pmean(tree, parallel.DATA_AXIS)
 
 
+def discriminator_grads(d_params: Any, step: jax.Array, x: jax.Array,
+                        y: jax.Array, x_fake: jax.Array, y_trg: jax.Array, *,
+                        disc: Any, config: ml_collections.ConfigDict
+                        ) -> tuple[Any, dict[str, jax.Array]]:
+  """Gradient of the D objective on this device's shard, and its terms.
+
+  L_D = softplus(-D_y(x)) + softplus(D_y'(x_fake)) + lambda_reg * R1, with
+  R1 = 0.5 mean_n |d D_y(x_n) / d x_n|^2 on every step (the original), or,
+  with lazy R1 (config.r1_every = N > 1), N * R1 on steps divisible by N and
+  no R1 on the others (StyleGAN2's scaling keeps the average penalty).
+
+  Returns:
+    (gradient w.r.t. d_params, {'d_loss_real', 'd_loss_fake', 'd_r1',
+    'd_loss'}); d_r1 is 0 on steps without R1.
+  """
+  r1_every = int(config.r1_every)
+
+  def d_loss_fn(params, with_r1):
+    logits = lambda img, lab: disc.apply({'params': params}, img, lab)
+    if with_r1:
+      r1, real_logits = losses.r1_penalty(lambda img: logits(img, y), x)
+    else:
+      r1, real_logits = jnp.zeros((), jnp.float32), logits(x, y)
+    loss_real, loss_fake = losses.d_adversarial_loss(
+        real_logits, logits(x_fake, y_trg))
+    # Lazy R1 scales the penalty by its interval (StyleGAN2 convention).
+    total = loss_real + loss_fake + float(config.lambda_reg) * r1_every * r1
+    return total, {'d_loss_real': loss_real, 'd_loss_fake': loss_fake,
+                   'd_r1': r1, 'd_loss': total}
+
+  if r1_every <= 1:
+    (_, metrics), grads = jax.value_and_grad(
+        functools.partial(d_loss_fn, with_r1=True), has_aux=True)(d_params)
+  else:
+    branches = [jax.value_and_grad(functools.partial(d_loss_fn, with_r1=w),
+                                   has_aux=True) for w in (False, True)]
+    (_, metrics), grads = jax.lax.cond(
+        step % r1_every == 0, branches[1], branches[0], d_params)
+  return grads, metrics
+
+
 def train_step(state: L2MTrainState, batch: Mapping[str, jax.Array],
                frozen: Mapping[str, Any], *, models: Models,
                config: ml_collections.ConfigDict
@@ -290,31 +331,9 @@ def train_step(state: L2MTrainState, batch: Mapping[str, jax.Array],
 
   # ---- discriminator ----
   x_fake_d, _ = edit(state.generator.params, state.style_encoder.params, x)
-  x_fake_d = jax.lax.stop_gradient(x_fake_d)
-  r1_every = int(config.r1_every)
-
-  def d_loss_fn(d_params, with_r1):
-    logits = lambda img, lab: disc.apply({'params': d_params}, img, lab)
-    if with_r1:
-      r1, real_logits = losses.r1_penalty(lambda img: logits(img, y), x)
-    else:
-      r1, real_logits = jnp.zeros((), jnp.float32), logits(x, y)
-    loss_real, loss_fake = losses.d_adversarial_loss(
-        real_logits, logits(x_fake_d, y_trg))
-    # Lazy R1 scales the penalty by its interval (StyleGAN2 convention).
-    total = loss_real + loss_fake + float(config.lambda_reg) * r1_every * r1
-    return total, {'d_loss_real': loss_real, 'd_loss_fake': loss_fake,
-                   'd_r1': r1, 'd_loss': total}
-
-  d_params = state.discriminator.params
-  if r1_every <= 1:
-    (_, d_metrics), d_grads = jax.value_and_grad(
-        functools.partial(d_loss_fn, with_r1=True), has_aux=True)(d_params)
-  else:
-    branches = [jax.value_and_grad(functools.partial(d_loss_fn, with_r1=w),
-                                   has_aux=True) for w in (False, True)]
-    (_, d_metrics), d_grads = jax.lax.cond(
-        state.step % r1_every == 0, branches[1], branches[0], d_params)
+  d_grads, d_metrics = discriminator_grads(
+      state.discriminator.params, state.step, x, y,
+      jax.lax.stop_gradient(x_fake_d), y_trg, disc=disc, config=config)
   discriminator = state.discriminator.apply_gradients(grads=_pmean(d_grads))
 
   # ---- generator + style encoder (with decomposer and transformers) ----
@@ -436,24 +455,50 @@ def export_ema(out_dir: str | os.PathLike, state_ema: Mapping[str, Any],
 # ---------------------------------------------------------------------------
 
 
+class NonFiniteError(FloatingPointError):
+  """Training produced NaN or inf; nothing non-finite was saved."""
+
+
 class _Preemption:
-  """SIGTERM flag (single host) next to orbax's multi-host preemption sync."""
+  """The one stop decision of all processes (SIGTERM or a preemption notice).
+
+  One process: a SIGTERM handler sets a flag. Several processes: JAX's
+  preemption service (started by jax.distributed.initialize) catches
+  SIGTERM on any process and every process learns the same stop step from
+  `parallel.reached_preemption_sync_point`, which must be asked at every
+  step; a Python handler would hide SIGTERM from that service, so none is
+  installed. If the service is disabled, a handler sets a local flag and the
+  processes agree on it at every step (`parallel.any_process`).
+  """
 
   def __init__(self):
     self.requested = False
     self._old = None
+    self._service = parallel.preemption_service_available()
 
   def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self._old = None
+    if parallel.process_count() > 1 and not self._service:
+      logging.warning('JAX preemption service disabled: agreeing on SIGTERM '
+                      'with a collective at every step.')
+    if not self._service:
+      try:
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread
+        self._old = None
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
     logging.warning('SIGTERM received: saving a checkpoint and exiting.')
     self.requested = True
+
+  def should_stop(self, step: int) -> bool:
+    """Whether to stop after `step`; the same answer on every process."""
+    if self._service:
+      return parallel.reached_preemption_sync_point(step)
+    if parallel.process_count() > 1:
+      return parallel.any_process(self.requested)
+    return self.requested
 
   def __exit__(self, *exc):
     if self._old is not None:
@@ -463,36 +508,124 @@ class _Preemption:
 def _check_finite(metrics: Mapping[str, np.ndarray], step: int):
   bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
   if bad:
-    raise FloatingPointError(f'step {step}: non-finite losses {bad}')
+    raise NonFiniteError(f'step {step}: non-finite losses {bad}; nothing was '
+                         'saved at or after this step')
 
 
-def _maybe_fid(config, models, state_ema, frozen, step, writer, workdir):
-  """Periodic FID through l2m_jax.evaluation.l2m_eval when available."""
+def _check_state_finite(state: L2MTrainState, metrics: Any, step: int,
+                        compiled: parallel.CompiledStep, last_good: int | None):
+  """Raises NonFiniteError naming the step, the losses and the arrays."""
+  bad = checkpointing.nonfinite_leaves(state)
+  if not bad:
+    return
+  losses_ = {k: float(v) for k, v in compiled.get_metrics(metrics).items()}
+  bad_terms = {k: v for k, v in losses_.items() if not np.isfinite(v)}
+  nets = sorted({p.split('/')[0] for p in bad})
+  kept = (f'the last checkpoint (step {last_good}) and the EMA export are '
+          'untouched' if last_good is not None else 'no checkpoint was saved')
+  raise NonFiniteError(
+      f'step {step}: the training state became non-finite (NaN/inf in '
+      f'{len(bad)} arrays of {nets}, e.g. {bad[0]}); losses of this step: '
+      f'{bad_terms or losses_}. Nothing was saved at this step; {kept}. '
+      'Rerunning resumes from that checkpoint; lower lr or check the data if '
+      'it diverges again.')
+
+
+# Config fields that change the shapes of the saved arrays (through the
+# model config) or the meaning of its labels; a resume must keep them.
+STRUCTURAL_FIELDS = ('img_size', 'style_dim', 'num_domains', 'max_conv_dim',
+                     'base_dim', 'w_hpf', 'domains')
+
+
+def _structure(model_config: Mapping[str, Any]) -> dict[str, Any]:
+  mc = dict(model_config)
+  if mc.get('base_dim') in (None, 0):
+    mc['base_dim'] = 2**14 // int(mc['img_size'])  # the official width rule
+  # Only whether the masked skips exist changes shapes, not the weight.
+  mc['w_hpf'] = 'on (> 0)' if float(mc.get('w_hpf', 0)) > 0 else 'off (0)'
+  mc['domains'] = list(mc.get('domains', []))
+  return {k: mc.get(k) for k in STRUCTURAL_FIELDS}
+
+
+def _flat_config(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(_flat_config(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any],
+                 checkpoint: str) -> list[str]:
+  """Compares a checkpoint's meta with the run's; returns changed fields.
+
+  Raises:
+    checkpointing.CheckpointError: listing every structural field (model
+      shapes, domain names and their order) that differs.
+  """
+  problems = []
+  if 'model_config' in saved:
+    old, new = _structure(saved['model_config']), _structure(
+        current['model_config'])
+    problems = [f'  {k}: checkpoint {old[k]!r}, this run {new[k]!r}'
+                for k in STRUCTURAL_FIELDS if old[k] != new[k]]
+  else:
+    logging.warning('%s: the checkpoint records no model config; its shapes '
+                    'are checked by the restore only.', checkpoint)
+  if problems:
+    raise checkpointing.CheckpointError(
+        f'{checkpoint}: this run does not fit the checkpoint it would '
+        'resume:\n' + '\n'.join(problems) + '\nThe domain names are the '
+        'sorted folder names of the data (the label order); the other fields '
+        'fix the array shapes. Use the original values (or data), or another '
+        '--workdir. Nothing was written.')
+  old_cfg = _flat_config(saved.get('config', {}))
+  new_cfg = _flat_config(current.get('config', {}))
+  changed = [f'{k}: {old_cfg.get(k)!r} -> {new_cfg.get(k)!r}'
+             for k in sorted(set(old_cfg) | set(new_cfg))
+             if old_cfg.get(k) != new_cfg.get(k)]
+  if saved.get('num_devices') != current.get('num_devices'):
+    changed.append(f'devices: {saved.get("num_devices")} -> '
+                   f'{current.get("num_devices")}')
+  return changed
+
+
+def _maybe_fid(config, models, state_ema, frozen, step, writer, workdir,
+               extractor_cache):
+  """Periodic FID (l2m_jax.evaluation.l2m_eval); every process calls it.
+
+  Each process edits and extracts features of its share of every folder;
+  the statistics are combined across processes; the main process writes
+  the JSON, the edited images and the scalars.
+  """
   if not config.eval_fid or not config.inception_checkpoint:
     logging.info('step %d: FID skipped (eval_fid=%s, inception_checkpoint=%r)',
                  step, config.eval_fid, config.inception_checkpoint)
     return
-  try:
-    from l2m_jax.evaluation import l2m_eval  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    logging.warning('step %d: FID skipped: l2m_jax.evaluation.l2m_eval is '
-                    'not available', step)
-    return
+  from l2m_jax.evaluation import fid as fid_lib  # pylint: disable=g-import-not-at-top
+  from l2m_jax.evaluation import l2m_eval  # pylint: disable=g-import-not-at-top
+  per_process = max(1, int(config.val_batch_size) // parallel.process_count())
+  if 'extractor' not in extractor_cache:
+    extractor_cache['extractor'] = fid_lib.make_extractor(
+        'stargan_v2', config.inception_checkpoint, batch_size=per_process)
   variables = {'generator': {'params': state_ema['generator']},
                'style_encoder': {'params': state_ema['style_encoder']}}
   if 'fan' in frozen:
     variables['fan'] = frozen['fan']
   data = pathlib.Path(config.data_dir)
+  main = parallel.is_main_process()
   result = l2m_eval.evaluate_l2m(
       variables, models.model_config, data / config.val_split,
-      data / config.train_split,
-      inception_weights=config.inception_checkpoint,
-      batch_size=int(config.val_batch_size),
+      data / config.train_split, extractor=extractor_cache['extractor'],
+      batch_size=per_process,
       cache_dir=os.path.join(workdir, 'fid_cache'),
       eval_dir=os.path.join(workdir, f'eval_{step:06d}'), progress=False,
       log=logging.info)
-  l2m_eval.write_results(
-      os.path.join(workdir, l2m_eval.results_filename(step)), result)
+  if main:
+    l2m_eval.write_results(
+        os.path.join(workdir, l2m_eval.results_filename(step)), result)
   # 'FID_reference/sad2smile' -> 'eval/fid/sad2smile'.
   writer.write_scalars(step, {f'eval/fid/{k.split("/")[-1]}': float(v)
                               for k, v in dict(result).items()})
@@ -503,41 +636,83 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains L2M-GAN per `config` in `workdir`; resumes from its checkpoints.
 
   Writes `checkpoints/` (orbax), TensorBoard metrics, `samples/*.png` and
-  `ema_export/` (the EMA params in format 'l2m_gan').
+  `ema_export/` (the EMA params in format 'l2m_gan'). Multi-process: every
+  process runs this; collectives (saves, exports, FID statistics) are
+  reached by all, files are written by the main process.
 
   Returns:
     The final train state (replicated global arrays).
+
+  Raises:
+    WorkdirLockedError: another live run holds the workdir.
+    DatasetError, CheckpointError, ValueError: bad data, checkpoints or
+      config values (clear messages; nothing written).
+    NonFiniteError: training diverged (nothing non-finite was saved).
   """
   workdir = os.path.abspath(workdir)
-  pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
   if not config.data_dir:
     raise ValueError('config.data_dir is empty: set it to a folder with '
                      'train/<domain>/*.{jpg,png}')
-  domain_names = input_pipeline.domains(config.data_dir)
+  if parallel.is_main_process():
+    pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+  parallel.sync('workdir')
+  # SIGTERM is caught from here on (the loop decides when to stop).
+  with checkpointing.WorkdirLock(workdir), _Preemption() as preempt:
+    return _train_and_evaluate(config, workdir, preempt)
+
+
+def _train_and_evaluate(config, workdir, preempt):
+  """train_and_evaluate with the workdir locked."""
+  domain_names = input_pipeline.check_layout(
+      config.data_dir, config.train_split, config.val_split,
+      num_domains=int(config.num_domains))
   if config.check_files:
     n = input_pipeline.check_files(
         config.data_dir, (config.train_split, config.val_split))
-    logging.info('All %d image files decode.', n)
+    logging.info('All %d image files (this process\'s share) decode.', n)
   mesh = parallel.make_mesh()
   per_device = parallel.per_device_batch_size(config.batch_size, mesh)
   logging.info('Global batch %d over %d devices (%d processes): %d per '
                'device.', config.batch_size, mesh.devices.size,
-               jax.process_count(), per_device)
+               parallel.process_count(), per_device)
   models = create_models(config, domain_names)
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
   rng = jax.random.key(int(config.seed))
   frozen = load_frozen(config, jax.random.fold_in(rng, 1))
 
   init_fn = functools.partial(create_train_state, config, models,
                               jax.random.fold_in(rng, 0))
-  mngr = checkpointing.make_manager(os.path.join(workdir, 'checkpoints'),
-                                    int(config.save_every),
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  meta_out = {'config': config.to_dict(), 'domains': domain_names,
+              'num_devices': int(mesh.devices.size),
+              'model_config': models.model_config.to_dict()}
+
+  def check_meta(saved):
+    changed = check_resume(saved, meta_out, ckpt_dir)
+    if changed:
+      logging.warning('Resuming with changed settings (allowed): %s',
+                      '; '.join(changed))
+
+  mngr = checkpointing.make_manager(ckpt_dir, int(config.save_every),
                                     int(config.keep_checkpoints))
+  try:
+    return _loop(config, workdir, mngr, models, frozen, init_fn, mesh,
+                 meta_out, check_meta, preempt)
+  finally:
+    # Also on errors: finish the last good asynchronous save.
+    mngr.wait_until_finished()
+    mngr.close()
+
+
+def _loop(config, workdir, mngr, models, frozen, init_fn, mesh, meta_out,
+          check_meta, preempt):
+  """Restore or init, then the train loop."""
+  main = parallel.is_main_process()
   rep = parallel.replicated_sharding(mesh)
   state, meta = checkpointing.restore_or_init(
-      mngr, lambda: parallel.init_replicated(init_fn, mesh), rep)
-  start = int(jax.device_get(state.step))
+      mngr, lambda: parallel.init_replicated(init_fn, mesh), rep, check_meta)
+  start = int(parallel.unreplicate_to_host(state.step))
+  last_good = start if meta is not None else None
+  writer = metric_writers.create_default_writer(workdir, just_logging=not main)
   if meta is None:
     for name in ('generator', 'style_encoder', 'discriminator'):
       logging.info('Parameters of the %s:', name)
@@ -549,18 +724,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   compiled = compile_train_step(config, models, mesh)
   frozen_dev = compiled.put_args(frozen)
-  frozen_rep = parallel.replicate(frozen, mesh)
+  frozen_host = parallel.unreplicate_to_host(frozen)
   sample_fn = jax.jit(functools.partial(
       sample_edits, models, degrees=tuple(float(a) for a in
                                           config.sample_degrees)))
   src_x, src_y = input_pipeline.fixed_sources(config, int(config.num_sample))
 
   total = int(config.total_iters)
-  meta_out = {'config': config.to_dict(), 'domains': domain_names,
-              'num_devices': int(mesh.devices.size),
-              'model_config': models.model_config.to_dict()}
   hooks = []
-  if jax.process_index() == 0:
+  if main:
     hooks.append(periodic_actions.ReportProgress(num_train_steps=total,
                                                  writer=writer))
     if config.profile:
@@ -568,55 +740,65 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           logdir=workdir, num_profile_steps=5, profile_duration_ms=None))
 
   def save_samples(step, st):
-    edits = sample_fn(parallel.unreplicate_to_host(st.ema), frozen_rep,
+    if not main:  # process-local work for a file only the main one writes
+      return
+    edits = sample_fn(parallel.unreplicate_to_host(st.ema), frozen_host,
                       src_x, src_y)
     grid = sample_grid(src_x, np.asarray(edits))
     out = pathlib.Path(workdir) / 'samples'
     out.mkdir(exist_ok=True)
-    if jax.process_index() == 0:
-      from PIL import Image  # pylint: disable=g-import-not-at-top
-      Image.fromarray(grid).save(out / f'{step:06d}.png')
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    Image.fromarray(grid).save(out / f'{step:06d}.png')
     writer.write_images(step, {'samples/degree_sweep': grid[None]})
 
   def export(step, st):
-    if jax.process_index() == 0:
-      export_ema(os.path.join(workdir, 'ema_export'),
-                 parallel.unreplicate_to_host(st.ema), frozen,
-                 models.model_config, step, workdir)
+    # Every process: save_converted's orbax save is a collective.
+    export_ema(os.path.join(workdir, 'ema_export'),
+               parallel.unreplicate_to_host(st.ema), frozen_host,
+               models.model_config, step, workdir)
 
+  extractor_cache = {}
   batches = input_pipeline.train_iterator(config, start)
   dstate = compiled.put_state(state)
   step = start
-  with _Preemption() as preempt:
-    while step < total:
-      batch = compiled.put_batch(next(batches))
-      dstate, metrics = compiled(dstate, batch, frozen_dev)
-      step += 1
-      for h in hooks:
-        h(step)
-      last = step == total
-      if step % int(config.log_every) == 0 or last:
-        m = compiled.get_metrics(metrics)
-        _check_finite(m, step)
-        writer.write_scalars(step, {f'train/{k}': float(v)
-                                    for k, v in m.items()})
-      stop = preempt.requested or checkpointing.reached_preemption(mngr, step)
-      if (step % int(config.save_every) == 0) or last or stop:
-        state = compiled.get_state(dstate)
-        checkpointing.save(mngr, step, state, {**meta_out, 'step': step},
-                           force=last or stop)
-        if step % int(config.save_every) == 0 or last:
-          export(step, state)
-      if stop:
-        logging.warning('Preempted at step %d: checkpoint written, exiting.',
-                        step)
-        break
-      if step % int(config.sample_every) == 0 or last:
-        save_samples(step, compiled.get_state(dstate))
-      if int(config.eval_every) and (step % int(config.eval_every) == 0):
-        _maybe_fid(config, models, parallel.unreplicate_to_host(
-            compiled.get_state(dstate).ema), frozen, step, writer, workdir)
+  first = None
+  if step < total:
+    first = compiled.put_batch(next(batches))
+    compiled = compiled.compile_ahead(dstate, first, frozen_dev)
+  while step < total:
+    batch = first if first is not None else compiled.put_batch(next(batches))
+    first = None
+    dstate, metrics = compiled(dstate, batch, frozen_dev)
+    step += 1
+    for h in hooks:
+      h(step)
+    last = step == total
+    if step % int(config.log_every) == 0 or last:
+      m = compiled.get_metrics(metrics)
+      _check_finite(m, step)
+      writer.write_scalars(step, {f'train/{k}': float(v)
+                                  for k, v in m.items()})
+    stop = preempt.should_stop(step)
+    due = step % int(config.save_every) == 0 or last
+    if due or stop:
+      state = compiled.get_state(dstate)
+      # Never save or export NaN: the last good checkpoint must survive.
+      _check_state_finite(state, metrics, step, compiled, last_good)
+      if checkpointing.save(mngr, step, state, {**meta_out, 'step': step},
+                            force=last or stop):
+        last_good = step
+      if due:
+        export(step, state)
+    if stop:
+      logging.warning('Preempted at step %d: checkpoint written, exiting.',
+                      step)
+      break
+    if step % int(config.sample_every) == 0 or last:
+      save_samples(step, compiled.get_state(dstate))
+    if int(config.eval_every) and (step % int(config.eval_every) == 0):
+      _maybe_fid(config, models, parallel.unreplicate_to_host(
+          compiled.get_state(dstate).ema), frozen, step, writer, workdir,
+                 extractor_cache)
   mngr.wait_until_finished()
-  mngr.close()
   writer.flush()
   return compiled.get_state(dstate)

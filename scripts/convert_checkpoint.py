@@ -15,7 +15,9 @@ writes `<out>/meta.json` + `<out>/variables/` (format 'l2m_gan').
 `--format retinaface` converts the RetinaFace MobileNet-0.25 face detector
 `mobilenet0.25_Final.pth` (format 'retinaface'; a `state_dict` wrapper and a
 `module.` prefix are accepted), used by `scripts/edit.py --align`.
-See docs/editing.md.
+See docs/editing.md. Exit status: 0 on success, 2 on any problem with the
+input (missing file, wrong keys or shapes, non-finite or non-float weights)
+or the output folder, with one message naming it (docs/reliability.md).
 """
 
 import os
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
   except (t2f.ConversionError, FileNotFoundError, FileExistsError,
           ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
-    return 1
+    return 2
   n = len(meta.get('key_map', {}))
   print(f"wrote {args.out} (format {meta['format']}, {n} tensors mapped, "
         f"{len(meta.get('ignored', []))} ignored)")

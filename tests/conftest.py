@@ -1,7 +1,17 @@
-"""Test configuration: 4 virtual CPU devices, so sharding code runs multi-device."""
+"""Test configuration: 4 virtual CPU devices, so sharding runs multi-device.
 
+Also a persistent compilation cache private to this test session (tests that
+train the tiny model compile the same programs; subprocesses share it through
+`compilation_env()`), and `tiny_run`: one short training run of the real
+model shared by the tests that inspect or resume a run.
+"""
+
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
+import types
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -9,6 +19,14 @@ import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
 jax.config.update('jax_num_cpu_devices', 4)
+
+# Compiled programs are cached on disk for the session only.
+COMPILATION_CACHE = tempfile.mkdtemp(prefix='l2m_jax_test_xla_cache_')
+atexit.register(shutil.rmtree, COMPILATION_CACHE, ignore_errors=True)
+MIN_CACHED_COMPILE_SECS = 1.0
+jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE)
+jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                  MIN_CACHED_COMPILE_SECS)
 
 # pytorch-fid imports torchvision at import time; make that work on CPU torch.
 from third_party.torchvision_compat import register_shim  # pylint: disable=g-import-not-at-top
@@ -19,6 +37,14 @@ SHARED = REPO_ROOT.parent / 'shared'
 FIXTURES = SHARED / 'fixtures'
 
 
+def compilation_env() -> dict[str, str]:
+  """Environment for subprocesses that should share the session's cache."""
+  return {'JAX_COMPILATION_CACHE_DIR': COMPILATION_CACHE,
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS':
+              str(MIN_CACHED_COMPILE_SECS),
+          'TF_CPP_MIN_LOG_LEVEL': '3'}
+
+
 @pytest.fixture
 def faces_dir():
   """The real face photos in ../shared/fixtures/faces, or a skip when absent."""
@@ -26,3 +52,56 @@ def faces_dir():
   if not path.is_dir() or not any(path.glob('*.png')):
     pytest.skip(f'real-face fixtures not present at {path}')
   return path
+
+
+# The settings of the shared run (and of the multi-process runs compared with
+# it): 4 steps of configs/tiny.py, a checkpoint and an EMA export every 2
+# steps, the sample grid and the L2M FID (random-weight Inception) at step 4.
+# Adam's eps = 1 keeps the first updates linear in the gradient, so runs that
+# reduce the gradient in another order (other device layouts) stay within
+# float round-off of each other instead of flipping lr * sign(g) for
+# parameters whose gradient is zero up to round-off.
+RUN_OVERRIDES = {'total_iters': 4, 'save_every': 2, 'keep_checkpoints': 2,
+                 'sample_every': 4, 'eval_every': 4, 'eval_fid': True,
+                 'log_every': 1, 'adam_eps': 1.0, 'lr': 1e-2}
+
+
+def make_run_inputs(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+  """(data folder, random-weight torchvision Inception .pth) under root."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from tests import test_inception  # pylint: disable=g-import-not-at-top
+  from tests.test_input_pipeline import make_folder  # pylint: disable=g-import-not-at-top
+  data = make_folder(root / 'data', counts=(('neg', 3), ('pos', 3)), val=2,
+                     size=(40, 40))
+  weights = root / 'inception_random.pth'
+  torch.save(test_inception._torchvision_model(seed=1).state_dict(),  # pylint: disable=protected-access
+             weights)
+  return data, weights
+
+
+def run_config(data: pathlib.Path, weights: pathlib.Path, **overrides):
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.data_dir = str(data)
+  config.inception_checkpoint = str(weights)
+  config.update(RUN_OVERRIDES)
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory):
+  """One 4-step run of the real model in this process (4 devices).
+
+  Tests must not modify its workdir (copy it first).
+  """
+  from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
+  from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('tiny_run')
+  data, weights = make_run_inputs(root)
+  config = run_config(data, weights)
+  workdir = root / 'run'
+  state = train_l2m.train_and_evaluate(config, str(workdir))
+  return types.SimpleNamespace(
+      root=root, data=data, weights=weights, config=config, workdir=workdir,
+      state=parallel.unreplicate_to_host(state))

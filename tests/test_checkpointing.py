@@ -1,13 +1,21 @@
 """checkpointing.py: save/restore of a struct train state across device counts."""
 
+import json
+import os
+import socket
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import struct
 
 from l2m_jax import checkpointing
 from l2m_jax import parallel
+from tests.conftest import REPO_ROOT
 
 
 @struct.dataclass
@@ -68,3 +76,120 @@ def test_restore_or_init_without_checkpoint_initialises(tmp_path):
   mngr.close()
   assert meta is None and int(state.step) == 0
   assert not checkpointing.reached_preemption(mngr, 0)
+
+
+def test_fingerprint_sees_one_flipped_bit_and_swapped_values():
+  state = _init()
+  base = checkpointing.fingerprint(state)
+  assert set(base) == {'step', 'rng', 'params', 'opt_state'}
+  w = np.asarray(state.params['w']).copy()
+  flipped = w.view(np.uint32).copy()
+  flipped[1, 2] ^= 1 << 7  # one mantissa bit
+  changed = checkpointing.fingerprint(state.replace(params={
+      **state.params, 'w': jnp.asarray(flipped.view(np.float32))}))
+  assert changed['params'] != base['params']
+  assert {k: v for k, v in changed.items() if k != 'params'} == {
+      k: v for k, v in base.items() if k != 'params'}
+  swapped = w.copy()
+  swapped[0, [0, 1]] = swapped[0, [1, 0]]
+  assert checkpointing.fingerprint(state.replace(params={
+      **state.params, 'w': jnp.asarray(swapped)}))['params'] != base['params']
+  # The same on any layout (replicated over 4 devices).
+  assert checkpointing.fingerprint(
+      parallel.replicate(state, parallel.make_mesh(4))) == base
+
+
+def test_nonfinite_leaves_names_the_arrays():
+  state = _init()
+  assert checkpointing.nonfinite_leaves(state) == []
+  bad = state.replace(params={**state.params,
+                              'b': jnp.asarray([0, np.inf, 0, 0], jnp.float32)})
+  assert checkpointing.nonfinite_leaves(bad) == ['params/b']
+
+
+def _saved_steps(tmp_path, steps=(1, 2, 3)):
+  mngr = checkpointing.make_manager(tmp_path / 'ckpt', save_every=1, keep=5)
+  state = _init()
+  for k in steps:
+    state = _bump(state, k)
+    checkpointing.save(mngr, k, state, {'step': k}, force=True)
+  mngr.wait_until_finished()
+  return mngr, state
+
+
+def _corrupt_largest(step_dir):
+  files = sorted((p for p in step_dir.rglob('*') if p.is_file()
+                  and '/d/' in p.as_posix()), key=lambda p: p.stat().st_size)
+  data = bytearray(files[-1].read_bytes())
+  for i in range(len(data) // 2, len(data)):
+    data[i] ^= 0x55
+  files[-1].write_bytes(bytes(data))
+
+
+def test_restore_latest_falls_back_past_damaged_checkpoints(tmp_path):
+  mngr, _ = _saved_steps(tmp_path)
+  mngr.close()
+  _corrupt_largest(tmp_path / 'ckpt' / '3')
+  mngr = checkpointing.make_manager(tmp_path / 'ckpt', save_every=1, keep=5)
+  rep = parallel.replicated_sharding(parallel.make_mesh(1))
+  state, meta = checkpointing.restore_latest(mngr, jax.eval_shape(_init), rep)
+  assert meta['step'] == 2 and int(state.step) == 2
+  assert mngr.all_steps() == [1, 2]  # step 3 can be saved again
+  moved = sorted(p.name for p in (tmp_path / 'ckpt_damaged').iterdir())
+  assert moved[0].startswith('3-') and moved[1].endswith('.reason.txt')
+  assert 'fingerprint' in (tmp_path / 'ckpt_damaged' / moved[1]).read_text() \
+      or 'restore' in (tmp_path / 'ckpt_damaged' / moved[1]).read_text()
+  mngr.close()
+
+
+def test_restore_latest_lets_a_meta_mismatch_through(tmp_path):
+  mngr, _ = _saved_steps(tmp_path, steps=(1,))
+  rep = parallel.replicated_sharding(parallel.make_mesh(1))
+
+  def check(meta):
+    raise checkpointing.CheckpointError(f'does not fit: {meta["step"]}')
+  with pytest.raises(checkpointing.CheckpointError, match='does not fit: 1'):
+    checkpointing.restore_latest(mngr, jax.eval_shape(_init), rep, check)
+  assert mngr.all_steps() == [1]  # nothing moved
+  mngr.close()
+
+
+_HOLDER = '''
+import sys, time
+from l2m_jax import checkpointing
+lock = checkpointing.WorkdirLock(sys.argv[1]).acquire()
+print('LOCKED', flush=True)
+time.sleep(300)
+'''
+
+
+def test_workdir_lock_refuses_a_live_holder_and_takes_over_a_dead_one(
+    tmp_path, monkeypatch):
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  holder = subprocess.Popen([sys.executable, '-c', _HOLDER, str(workdir)],
+                            stdout=subprocess.PIPE, text=True, env=env,
+                            cwd=REPO_ROOT)
+  try:
+    assert holder.stdout.readline().strip() == 'LOCKED'
+    with pytest.raises(checkpointing.WorkdirLockedError) as e:
+      checkpointing.WorkdirLock(workdir).acquire()
+    assert f'pid {holder.pid} on host {socket.gethostname()}' in str(e.value)
+    holder.kill()  # kill -9: the lock file stays, naming a dead process
+    holder.wait()
+  finally:
+    if holder.poll() is None:
+      holder.kill()
+      holder.wait()
+  seen = []
+  monkeypatch.setattr(logging, 'warning',
+                      lambda msg, *a: seen.append(msg % a if a else msg))
+  with checkpointing.WorkdirLock(workdir):
+    assert json.loads((workdir / '.lock').read_text())['pid'] == os.getpid()
+    with pytest.raises(checkpointing.WorkdirLockedError):
+      checkpointing.WorkdirLock(workdir).acquire()  # held by this run now
+  assert any(f'pid {holder.pid}' in s and 'no longer running' in s
+             for s in seen), seen
+  with checkpointing.WorkdirLock(workdir):  # released: free again, no warning
+    pass

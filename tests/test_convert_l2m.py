@@ -181,6 +181,19 @@ def test_convert_cli(tiny_ckpt, tmp_path, capsys):
                    str(tmp_path / 'o2')]) == 2
   assert 'no such checkpoint file' in capsys.readouterr().err
   assert cli.main([str(path), '--out', str(tmp_path / 'o3'), '--domains',
-                   'x', 'y', 'z']) == 1
+                   'x', 'y', 'z']) == 2
   err = capsys.readouterr().err
   assert 'domain names' in err and 'Traceback' not in err
+  # NaN in a used weight, integer weights: refused, keys named, nothing
+  # written (exit 2 like every user error).
+  sds = nets.state_dicts()
+  sds['generator']['to_rgb.2.weight'][0, 0, 0, 0] = float('nan')
+  sds['style_encoder']['unshared.1.bias'] = (
+      sds['style_encoder']['unshared.1.bias'].to(torch.int64))
+  bad = tmp_path / 'bad_nets_ema.ckpt'
+  torch.save(sds, bad)
+  assert cli.main([str(bad), '--out', str(tmp_path / 'o4')]) == 2
+  err = capsys.readouterr().err
+  assert '[generator]' in err and 'to_rgb.2.weight: 1 of' in err, err
+  assert '[style_encoder]' in err and 'unshared.1.bias: int64' in err
+  assert not (tmp_path / 'o4').exists()

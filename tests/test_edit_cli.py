@@ -82,3 +82,20 @@ def test_edit_script_runs_as_file(tmp_path):
                      cwd=ROOT, capture_output=True, text=True, check=False)
   assert r.returncode == 0, r.stderr
   assert (tmp_path / 'o' / 'degree_1' / 'x.png').is_file()
+  # 4 KiB of flipped bytes in the largest data file: one clear error, exit 2,
+  # no image written, no traceback or asyncio noise.
+  files = sorted((p for p in (tmp_path / 'model').rglob('*') if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+  data = bytearray(files[-1].read_bytes())
+  for i in range(len(data) // 4, min(len(data), len(data) // 4 + 4096)):
+    data[i] ^= 0xFF
+  files[-1].write_bytes(bytes(data))
+  r = subprocess.run([sys.executable, 'scripts/edit.py', '--checkpoint',
+                      str(tmp_path / 'model'), '--input', str(img),
+                      '--target', '0', '--out', str(tmp_path / 'o2')],
+                     cwd=ROOT, capture_output=True, text=True, check=False)
+  assert r.returncode == 2, r.stderr
+  assert r.stderr.startswith('error: ') and 'damaged' in r.stderr, r.stderr
+  assert files[-1].name in r.stderr
+  assert 'Traceback' not in r.stderr and 'Event loop' not in r.stderr
+  assert not (tmp_path / 'o2').exists()

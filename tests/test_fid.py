@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -382,3 +383,63 @@ def test_cli_on_stats_files(tmp_path, capsys):
   Image.new('RGB', (8, 8)).save(tmp_path / 'imgs' / 'x.png')
   assert _cli([str(tmp_path / 'imgs'), str(tmp_path / 'a.npz')]) == 2
   assert 'never downloaded' in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# Input checks: covariances, singular statistics, too few images.
+
+
+def test_sigma_must_be_a_symmetric_psd_matrix(tmp_path):
+  rng = np.random.default_rng(7)
+  mu, sigma = _random_stats(rng, 16, 60)
+  # A valid covariance, also singular (fewer samples than dims) and with
+  # float round-off, passes.
+  fid_lib.check_statistics(mu, sigma)
+  low_rank = np.cov(rng.standard_normal((5, 16)), rowvar=False)
+  assert np.linalg.matrix_rank(low_rank) == 4
+  fid_lib.check_statistics(mu, low_rank - 1e-14 * np.eye(16))
+  # Not symmetric.
+  skew = sigma.copy()
+  skew[0, 1] += 0.01 * np.abs(sigma).max()
+  with pytest.raises(ValueError, match='not symmetric'):
+    fid_lib.frechet_distance(mu, skew, mu, sigma)
+  # Symmetric but indefinite (one negative eigenvalue): identical statistics
+  # gave a negative FID before the check.
+  w, v = np.linalg.eigh(sigma)
+  w[0] = -0.05 * w[-1]
+  indefinite = (v * w) @ v.T
+  assert np.linalg.eigvalsh(indefinite)[0] < 0
+  with pytest.raises(ValueError, match='not positive semi-definite'):
+    fid_lib.frechet_distance(mu, indefinite, mu, indefinite)
+  with pytest.raises(ValueError, match='not positive semi-definite'):
+    fid_lib.frechet_distance(mu, -np.eye(16), mu, -np.eye(16))
+  # Stats files are checked the same way, naming the file.
+  np.savez(tmp_path / 'neg.npz', mu=mu, sigma=indefinite)
+  with pytest.raises(ValueError, match='neg.npz: sigma is not positive'):
+    fid_lib.load_stats(tmp_path / 'neg.npz')
+
+
+def test_fewer_images_than_dimensions_warns():
+  rng = np.random.default_rng(8)
+  stats = fid_lib.StreamingStats('my_folder')
+  stats.update(rng.standard_normal((5, 2048)))
+  with pytest.warns(fid_lib.SingularCovarianceWarning,
+                    match='my_folder: 5 images for 2048 feature dimensions'):
+    stats.cov()
+  enough = fid_lib.StreamingStats('x')
+  enough.update(rng.standard_normal((40, 16)))
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    enough.cov()
+
+
+def test_one_image_is_an_error_naming_the_folder(tmp_path):
+  folder = tmp_path / 'only_one'
+  folder.mkdir()
+  Image.new('RGB', (8, 8)).save(folder / 'a.png')
+  ext = fid_lib.FeatureExtractor(
+      'stargan_v2', features_fn=lambda v, x: jnp.mean(x, axis=(1, 2)),
+      batch_size=4)
+  with pytest.raises(ValueError) as e:
+    fid_lib.path_statistics(folder, ext, progress=False)
+  assert str(folder) in str(e.value) and 'at least 2 images' in str(e.value)

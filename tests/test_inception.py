@@ -1,6 +1,7 @@
 """Parity of the Flax InceptionV3 with torchvision and pytorch-fid, and the converter."""
 
 import math
+import pathlib
 
 import chex
 import jax
@@ -189,3 +190,45 @@ def test_small_input_shapes_and_nonnegative():
   chex.assert_shape(out, (1, 2048))
   chex.assert_tree_all_finite(out)
   assert float(out.min()) >= 0.0
+
+
+class _TouchOnLoad:
+  """Unpickling this object creates a file: stands for arbitrary code."""
+
+  def __init__(self, path):
+    self.path = pathlib.Path(path)
+
+  def __reduce__(self):
+    return (pathlib.Path.touch, (self.path,))
+
+
+def test_no_file_is_ever_unpickled_with_code(tmp_path, monkeypatch):
+  """Even a file whose hash matches a release's never runs pickled code."""
+  marker = tmp_path / 'code_ran'
+  pth = tmp_path / 'weights.pth'
+  torch.save({'fc.weight': _TouchOnLoad(marker)}, pth)
+  prefix = t2f.sha256_file(pth)[:8]
+  monkeypatch.setitem(convert_inception.KNOWN_FILES, prefix,
+                      ('pt_inception-2015-12-05-6726825d.pth', 'fid'))
+  with pytest.raises(t2f.ConversionError) as e:
+    convert_inception.load_weights(pth)
+  assert not marker.exists()
+  assert 'weights_only=True' in str(e.value)
+  assert 'torch.save({k: v for k, v in sd.items()}' in str(e.value)
+
+
+def test_legacy_serialised_fid_file_loads_without_unpickling_code(tmp_path):
+  """pytorch-fid's release file is in torch's legacy (pre-zip) format."""
+  sd = _torchvision_model(num_classes=1008, aux_logits=False, seed=4
+                          ).state_dict()
+  tmp = tmp_path / 'tmp.pth'
+  torch.save(sd, tmp, _use_new_zipfile_serialization=False)
+  with open(tmp, 'rb') as f:
+    assert f.read(2) == b'\x80\x02'  # a bare pickle stream, not a zip
+  pth = tmp_path / f'pt_inception-2015-12-05-{t2f.sha256_file(tmp)[:8]}.pth'
+  tmp.rename(pth)
+  variables, meta = convert_inception.load_weights(pth)
+  assert meta['config']['kind'] == 'fid'
+  np.testing.assert_array_equal(
+      variables['params']['Conv2d_1a_3x3']['conv']['kernel'],
+      sd['Conv2d_1a_3x3.conv.weight'].numpy().transpose(2, 3, 1, 0))

@@ -1,5 +1,7 @@
 """input_pipeline.py on small generated folder datasets."""
 
+import zlib
+
 import ml_collections
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from configs import tiny
+from l2m_jax import image_io
 from l2m_jax import input_pipeline
 
 
@@ -137,3 +140,56 @@ def test_eval_dataset_and_fixed_sources(tmp_path):
   assert batches[0]['image'].shape[1:] == (32, 32, 3)
   x, y = input_pipeline.fixed_sources(config, 3)
   assert x.shape == (3, 32, 32, 3) and list(y) == [0, 1, 0]
+
+
+def _mode_file(folder, mode):
+  """An image file in an odd mode; returns (path, expected uint8 RGB or None).
+
+  The expectation is written from the file's samples (16-bit: the high byte),
+  or None where PIL's own convert('RGB') is the reference.
+  """
+  rng = np.random.default_rng(zlib.crc32(mode.encode()))
+  h, w = 7, 9
+  if mode.endswith(';16'):
+    channels = {'I;16': 1, 'LA;16': 2, 'RGB;16': 3, 'RGBA;16': 4}[mode]
+    src = rng.integers(0, 65536, (h, w, channels), dtype=np.uint16)
+    path = folder / f'{mode.replace(";", "_")}.png'
+    tf.io.write_file(str(path), tf.io.encode_png(tf.constant(src)))
+    high = (src >> 8).astype(np.uint8)
+    rgb = high[..., :1].repeat(3, -1) if channels <= 2 else high[..., :3]
+    return path, rgb
+  rgb8 = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  img = Image.fromarray(rgb8)
+  ext, kwargs = 'png', {}
+  if mode == 'P+tRNS':
+    img, kwargs = img.convert('P', palette=Image.ADAPTIVE, colors=7), {
+        'transparency': 2}
+  elif mode == 'P':
+    img = img.convert('P', palette=Image.ADAPTIVE, colors=7)
+  elif mode in ('L', 'LA', 'RGBA', '1'):
+    img = img.convert(mode)
+  elif mode.startswith('JPEG '):
+    ext, img = 'jpg', img.convert(mode.split()[1])
+  path = folder / f'{mode.replace(" ", "_").replace("+", "_")}.{ext}'
+  img.save(path, **kwargs)
+  return path, None
+
+
+@pytest.mark.parametrize('mode', [
+    'I;16', 'LA;16', 'RGB;16', 'RGBA;16', '1', 'L', 'LA', 'P', 'P+tRNS',
+    'RGB', 'RGBA', 'JPEG L', 'JPEG RGB', 'JPEG CMYK'])
+def test_one_decoder_rule_for_pil_and_tf_data(tmp_path, mode):
+  """image_io (PIL: edit, FID, sample grids) and the tf.data training path
+  give the same pixels for every mode; 16-bit keeps the high byte."""
+  path, expected = _mode_file(tmp_path, mode)
+  pil = np.asarray(image_io.open_rgb(path))
+  tfd = input_pipeline.decode(tf.io.read_file(str(path))).numpy()
+  assert pil.dtype == tfd.dtype == np.uint8 and pil.shape == (7, 9, 3)
+  np.testing.assert_array_equal(pil, tfd)
+  if expected is None:  # 8-bit modes: PIL's convert('RGB'), as officially
+    with Image.open(path) as im:
+      expected = np.asarray(im.convert('RGB'))
+  np.testing.assert_array_equal(pil, expected)
+  # The loaders built on them agree too.
+  np.testing.assert_allclose(image_io.load_image(path),
+                             pil.astype(np.float32) / 127.5 - 1, atol=1e-6)

@@ -29,3 +29,15 @@ def test_is_user_error_classifies():
   assert errors.is_user_error(ValueError('config.data_dir is empty: set it'))
   assert not errors.is_user_error(ValueError('Incompatible shapes (3,) (4,)'))
   assert not errors.is_user_error(RuntimeError('boom'))
+
+
+def test_a_workdir_held_by_a_live_run_is_refused(tmp_path):
+  from l2m_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'w'
+  with checkpointing.WorkdirLock(workdir):  # this process: a live run
+    out = _run('--config=configs/tiny.py', f'--workdir={workdir}',
+               f'--config.data_dir={tmp_path / "absent"}')
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert 'the workdir is in use by another live run' in out.stderr
+  assert f'pid {os.getpid()}' in out.stderr
+  assert 'Traceback' not in out.stderr

@@ -149,3 +149,26 @@ def test_map_batches_errors():
     parallel.map_batches(fn, np.zeros((0, 2)), batch_size=4)
   with pytest.raises(ValueError, match='batch_size=0'):
     parallel.map_batches(fn, np.zeros((2, 2)), batch_size=0)
+
+
+def test_process_slices_cover_every_item_once_in_order():
+  for n in (0, 1, 5, 8, 13):
+    for count in (1, 2, 3, 4):
+      shares = [list(range(n))[parallel.process_slice(n, i, count)]
+                for i in range(count)]
+      assert sum(shares, []) == list(range(n))
+      sizes = [len(s) for s in shares]
+      assert max(sizes) - min(sizes) <= 1
+      assert max(sizes) == parallel.max_share(n, count)
+
+
+def test_single_process_collectives_are_identities():
+  x = np.arange(6, dtype=np.float64).reshape(2, 3) / 7
+  (got,) = parallel.gather_stats([x])
+  np.testing.assert_array_equal(got[0], x)
+  np.testing.assert_array_equal(parallel.broadcast_from_main(x), x)
+  np.testing.assert_array_equal(parallel.gather_to_main(x, 1), x[:1])
+  assert parallel.any_process(True) and not parallel.any_process(False)
+  assert parallel.all_processes(True) and not parallel.all_processes(False)
+  assert not parallel.reached_preemption_sync_point(3)
+  parallel.sync('noop')

@@ -1,5 +1,10 @@
 """Tests for the shared converter machinery (l2m_jax.convert.torch_to_flax)."""
 
+import os
+import subprocess
+import sys
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +13,7 @@ import torch
 from flax import linen as nn
 
 from l2m_jax.convert import torch_to_flax as t2f
+from tests.conftest import REPO_ROOT
 
 
 def test_conv_kernel_matches_torch_conv():
@@ -116,3 +122,137 @@ def test_read_meta_checks_the_format(tmp_path):
   with pytest.raises(ValueError, match=r"format is 'fan', expected "
                      r"'l2m_gan' \(convert with X\)"):
     t2f.read_meta(tmp_path / 'ck', 'l2m_gan', 'convert with X')
+
+
+def test_converters_refuse_nonfinite_and_non_float_weights():
+  expected = {'a.weight': (2, 2), 'b.bias': (2,), 'bn.num_batches_tracked': ()}
+  good = {'a.weight': torch.ones(2, 2), 'b.bias': torch.zeros(2),
+          'bn.num_batches_tracked': torch.tensor(7)}  # int counter: allowed
+  t2f.check_state_dict('src', good, expected)
+  bad = dict(good, **{'a.weight': torch.tensor([[1.0, float('nan')],
+                                                [float('inf'), 0.0]]),
+                      'b.bias': torch.zeros(2, dtype=torch.int64)})
+  with pytest.raises(t2f.ConversionError) as e:
+    t2f.check_state_dict('src', bad, expected)
+  msg = str(e.value)
+  assert 'a.weight: 2 of 4 entries are NaN or inf' in msg
+  assert 'b.bias: int64' in msg
+
+
+def _variables():
+  rng = np.random.default_rng(0)
+  return {'conv': {'kernel': rng.standard_normal((3, 3, 4, 64)).astype(
+      np.float32), 'bias': np.zeros(64, np.float32)}}
+
+
+def _data_files(ckpt):
+  meta = t2f.read_meta(ckpt)
+  return sorted((ckpt / k for k in meta['checksums']),
+                key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.parametrize('damage', ['4 KiB flipped', 'emptied', 'manifest'])
+def test_damaged_converted_checkpoint_is_one_clear_error(tmp_path, damage):
+  ckpt = tmp_path / 'ck'
+  t2f.save_converted(ckpt, _variables(), {'format': 'x'})
+  if damage == 'manifest':
+    target = ckpt / 'variables' / 'manifest.ocdbt'
+    target.unlink()
+  else:
+    target = _data_files(ckpt)[-1]
+    data = bytearray(target.read_bytes())
+    if damage == 'emptied':
+      data = bytearray()
+    else:
+      start = len(data) // 4
+      for i in range(start, min(len(data), start + 4096)):
+        data[i] ^= 0xFF
+    target.write_bytes(bytes(data))
+  with pytest.raises(t2f.ConversionError) as e:
+    t2f.load_converted(ckpt)
+  rel = target.relative_to(ckpt).as_posix()
+  assert 'damaged' in str(e.value) and rel in str(e.value), str(e.value)
+
+
+def test_nonfinite_or_integer_weights_in_a_converted_checkpoint(tmp_path):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  for name, value in (('nan', np.asarray([1.0, np.nan], np.float32)),
+                      ('int', np.asarray([1, 2], np.int64))):
+    ckpt = tmp_path / name
+    ckpt.mkdir()
+    with ocp.PyTreeCheckpointer() as c:  # written by hand: no checks
+      c.save(ckpt / 'variables', {'w': {'kernel': value}})
+    (ckpt / 'meta.json').write_text('{"format": "x"}')
+    with pytest.raises(t2f.ConversionError) as e:
+      t2f.load_converted(ckpt)
+    assert 'w/kernel' in str(e.value)
+  with pytest.raises(t2f.ConversionError, match='w/kernel: 1 of 2 entries'):
+    t2f.save_converted(tmp_path / 'out', {'w': {'kernel': np.asarray(
+        [1.0, np.inf], np.float32)}}, {'format': 'x'})
+  assert not (tmp_path / 'out').exists()
+
+
+def test_overwrite_is_atomic_and_cleans_up(tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ckpt = tmp_path / 'ck'
+  old = _variables()
+  t2f.save_converted(ckpt, old, {'format': 'x', 'n': 1})
+  new = jax.tree.map(lambda a: a + 1, old)
+
+  class Killed(Exception):
+    pass
+
+  real_save = ocp.PyTreeCheckpointer.save
+
+  def save_then_die(self, directory, *args, **kwargs):
+    real_save(self, directory, *args, **kwargs)
+    raise Killed  # after the new data are written, before meta.json
+  monkeypatch.setattr(ocp.PyTreeCheckpointer, 'save', save_then_die)
+  with pytest.raises(Killed):
+    t2f.save_converted(ckpt, new, {'format': 'x', 'n': 2}, overwrite=True)
+  monkeypatch.undo()
+  variables, meta = t2f.load_converted(ckpt)  # still the old one
+  assert meta['n'] == 1
+  np.testing.assert_array_equal(variables['conv']['kernel'],
+                                old['conv']['kernel'])
+  t2f.save_converted(ckpt, new, {'format': 'x', 'n': 2}, overwrite=True)
+  variables, meta = t2f.load_converted(ckpt)
+  assert meta['n'] == 2
+  np.testing.assert_array_equal(variables['conv']['kernel'],
+                                new['conv']['kernel'])
+  # The replaced data and the leftover of the killed save are gone.
+  assert sorted(p.name for p in ckpt.iterdir()) == [
+      'meta.json', t2f.read_meta(ckpt)['variables_dir']]
+
+
+_EXPORT_LOOP = '''
+import sys
+import numpy as np
+from l2m_jax.convert import torch_to_flax as t2f
+out = sys.argv[1]
+for step in range(10**6):
+  v = {'w': {'kernel': np.full((64, 64), step, np.float32)}}
+  t2f.save_converted(out, v, {'format': 'x', 'step': step}, overwrite=True)
+  print(step, flush=True)
+'''
+
+
+def test_a_kill_at_any_moment_leaves_the_old_or_the_new_export(tmp_path):
+  """kill -9 during repeated overwrites: always one complete checkpoint."""
+  out = tmp_path / 'export'
+  rng = np.random.default_rng(0)
+  seen_steps = []
+  for _ in range(3):
+    p = subprocess.Popen([sys.executable, '-c', _EXPORT_LOOP, str(out)],
+                         stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+    try:
+      p.stdout.readline()  # one export done
+      time.sleep(float(rng.uniform(0.0, 1.0)))
+    finally:
+      p.kill()
+      p.wait()
+    variables, meta = t2f.load_converted(out)
+    np.testing.assert_array_equal(variables['w']['kernel'], meta['step'])
+    seen_steps.append(meta['step'])
+  print(f'exports found after kill -9: steps {seen_steps}')

@@ -6,8 +6,13 @@ with the real networks are marked slow; the toy-step versions in
 test_parallel.py run by default.
 """
 
+import dataclasses
+import functools
 import json
+import os
 import pathlib
+import shutil
+import signal
 
 from absl import logging
 import jax
@@ -17,8 +22,12 @@ import pytest
 import torch
 
 from configs import tiny
+from l2m_jax import checkpointing
+from l2m_jax import errors
+from l2m_jax import input_pipeline
 from l2m_jax import parallel
 from l2m_jax import train_l2m
+from tests import conftest
 from tests.test_input_pipeline import make_folder
 
 
@@ -79,35 +88,384 @@ def test_frozen_networks_random_with_loud_warning(monkeypatch):
     train_l2m.load_frozen(config, jax.random.key(0))
 
 
-def test_train_and_evaluate_end_to_end(tmp_path):
-  """2 steps of configs/tiny.py: checkpoints, metrics, sample grid, export."""
-  data = make_folder(tmp_path / 'data', counts=(('neg', 3), ('pos', 3)),
-                     size=(40, 40))
-  config = tiny.get_config()
-  config.data_dir = str(data)
-  workdir = tmp_path / 'run'
-  state = train_l2m.train_and_evaluate(config, str(workdir))
-  assert int(jax.device_get(state.step)) == 2
+def test_train_and_evaluate_end_to_end(tiny_run):
+  """4 steps: checkpoints, metrics, sample grid, EMA export, periodic FID."""
+  workdir, state = tiny_run.workdir, tiny_run.state
+  assert int(state.step) == 4
   steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
                  if p.name.isdigit())
-  assert steps == [1, 2]
+  assert steps == [2, 4]
   events = list(workdir.glob('events.out.tfevents.*'))
   assert events and events[0].stat().st_size > 0
-  assert (workdir / 'samples' / '000002.png').is_file()
+  assert (workdir / 'samples' / '000004.png').is_file()
   meta = json.loads((workdir / 'ema_export' / 'meta.json').read_text())
   assert meta['format'] == 'l2m_gan'
   assert meta['config']['domains'] == ['neg', 'pos']
+  assert meta['source']['step'] == 4
   from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
   variables, mc = l2m_convert.load_l2m_checkpoint(workdir / 'ema_export')
   assert mc.img_size == 32 and mc.w_hpf == 0
-  ema = parallel.unreplicate_to_host(state.ema)
   jax.tree.map(np.testing.assert_array_equal,
-               variables['generator']['params'], ema['generator'])
-  # EMA moved by (1 - beta) of the step, not onto the params.
-  g = parallel.unreplicate_to_host(state.generator.params)
+               variables['generator']['params'], state.ema['generator'])
+  # EMA moved by (1 - beta) of the steps, not onto the params.
   diff = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(),
-                                      g, ema['generator']))
-  assert 0 < max(diff) < 1e-3
+                                      state.generator.params,
+                                      state.ema['generator']))
+  assert 0 < max(diff) < 0.1
+  # Periodic FID with random-weight Inception: the official per-task JSON
+  # and the edited images per task.
+  result = json.loads((workdir / 'FID_00004_reference.json').read_text())
+  assert set(result) == {'FID_reference/neg2pos', 'FID_reference/pos2neg',
+                         'FID_reference/mean'}
+  assert all(np.isfinite(v) for v in result.values())
+  assert result['FID_reference/mean'] == pytest.approx(
+      (result['FID_reference/neg2pos'] + result['FID_reference/pos2neg']) / 2)
+  assert sorted(p.name for p in (workdir / 'eval_000004').iterdir()) == [
+      'neg2pos', 'pos2neg']
+
+
+# ---------------------------------------------------------------------------
+# Resume, faults and bad input on the real train state (tiny_run's workdir).
+# ---------------------------------------------------------------------------
+
+
+def _copy_run(tiny_run, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(tiny_run.workdir, workdir)
+  return workdir
+
+
+def _warnings(monkeypatch):
+  seen = []
+  monkeypatch.setattr(logging, 'warning',
+                      lambda msg, *a: seen.append(msg % a if a else msg))
+  return seen
+
+
+def _snapshot(workdir):
+  return {str(p.relative_to(workdir)): (p.stat().st_size, p.stat().st_mtime_ns)
+          for p in workdir.rglob('*') if p.name != '.lock'}
+
+
+def test_resume_logs_changed_settings(tiny_run, tmp_path, monkeypatch):
+  workdir = _copy_run(tiny_run, tmp_path)
+  config = conftest.run_config(tiny_run.data, tiny_run.weights, batch_size=8,
+                               lr=2e-2)
+  seen = _warnings(monkeypatch)
+  state = train_l2m.train_and_evaluate(config, str(workdir))
+  assert int(parallel.unreplicate_to_host(state.step)) == 4
+  changed = [s for s in seen if 'changed settings' in s]
+  assert len(changed) == 1
+  assert 'batch_size: 4 -> 8' in changed[0] and 'lr: 0.01 -> 0.02' in changed[0]
+
+
+@pytest.mark.parametrize('change', ['domain order', 'width'])
+def test_resume_refuses_another_model_or_domain_order(tiny_run, tmp_path,
+                                                      change):
+  workdir = _copy_run(tiny_run, tmp_path)
+  data = tiny_run.data
+  overrides = {}
+  if change == 'domain order':
+    # 'neg' renamed 'zneg': same domains, but sorted the other way round, so
+    # label 0 would silently become the other domain.
+    data = pathlib.Path(shutil.copytree(tiny_run.data, tmp_path / 'data'))
+    for split in ('train', 'val'):
+      (data / split / 'neg').rename(data / split / 'zneg')
+  else:
+    overrides['max_conv_dim'] = 32
+  config = conftest.run_config(data, tiny_run.weights, **overrides)
+  before = _snapshot(workdir)
+  with pytest.raises(checkpointing.CheckpointError) as e:
+    train_l2m.train_and_evaluate(config, str(workdir))
+  msg = str(e.value)
+  if change == 'domain order':
+    assert "domains: checkpoint ['neg', 'pos'], this run ['pos', 'zneg']" in msg
+  else:
+    assert 'max_conv_dim: checkpoint 16, this run 32' in msg
+  assert 'Nothing was written' in msg
+  assert errors.is_user_error(e.value)
+  assert _snapshot(workdir) == before
+
+
+def _damage(step_dir, how):
+  files = sorted((p for p in (step_dir / 'state').rglob('*')
+                  if p.is_file() and '/d/' in p.as_posix()),
+                 key=lambda p: p.stat().st_size)
+  assert files, step_dir
+  big = files[-1]
+  data = bytearray(big.read_bytes())
+  if how == 'truncated':
+    big.write_bytes(bytes(data[:len(data) // 2]))
+  elif how == 'bit-flipped':
+    start = len(data) // 4
+    for i in range(start, min(len(data), start + 4096)):
+      data[i] ^= 0xFF
+    big.write_bytes(bytes(data))
+  else:  # half-deleted
+    for p in files[len(files) // 2:]:
+      p.unlink()
+
+
+@pytest.mark.parametrize('how', ['truncated', 'bit-flipped', 'half-deleted'])
+def test_damaged_latest_checkpoint_falls_back_to_older(tiny_run, tmp_path,
+                                                       monkeypatch, how):
+  workdir = _copy_run(tiny_run, tmp_path)
+  _damage(workdir / 'checkpoints' / '4', how)
+  # total_iters=2: the fallback checkpoint (step 2) is the end of this run.
+  config = conftest.run_config(tiny_run.data, tiny_run.weights,
+                               total_iters=2)
+  seen = _warnings(monkeypatch)
+  state = train_l2m.train_and_evaluate(config, str(workdir))
+  assert int(parallel.unreplicate_to_host(state.step)) == 2
+  assert any('Checkpoint of step 4 is damaged' in s for s in seen), seen
+  assert any('Resuming from the newest intact checkpoint, step 2' in s
+             for s in seen)
+  assert [p.name for p in (workdir / 'checkpoints').iterdir()
+          if p.name.isdigit()] == ['2']
+  moved = [p.name for p in (workdir / 'checkpoints_damaged').iterdir()]
+  assert any(n.startswith('4-') and not n.endswith('.txt') for n in moved)
+
+
+def test_no_intact_checkpoint_is_a_clear_error(tiny_run, tmp_path):
+  workdir = _copy_run(tiny_run, tmp_path)
+  for step in ('2', '4'):
+    _damage(workdir / 'checkpoints' / step, 'truncated')
+  config = conftest.run_config(tiny_run.data, tiny_run.weights)
+  with pytest.raises(checkpointing.CheckpointError) as e:
+    train_l2m.train_and_evaluate(config, str(workdir))
+  assert 'no checkpoint restores' in str(e.value)
+  assert 'step 4:' in str(e.value) and 'step 2:' in str(e.value)
+  assert errors.is_user_error(e.value)
+
+
+def test_real_checkpoint_restores_on_another_device_count(tiny_run):
+  """Saved from 4 devices, restored onto 2, leaf for leaf."""
+  config = tiny_run.config
+  models = train_l2m.create_models(config, ['neg', 'pos'])
+  abstract = jax.eval_shape(lambda: train_l2m.create_train_state(
+      config, models, jax.random.key(0)))
+  mngr = checkpointing.make_manager(tiny_run.workdir / 'checkpoints', 2, 2)
+  try:
+    for n in (2,):
+      mesh = parallel.make_mesh(n)
+      state, meta = checkpointing.restore_latest(
+          mngr, abstract, parallel.replicated_sharding(mesh))
+      assert meta['num_devices'] == 4
+      assert state.generator.params['from_rgb']['kernel'].sharding.mesh \
+          .devices.size == n
+      assert _max_diff(parallel.unreplicate_to_host(state),
+                       tiny_run.state) == 0.0
+  finally:
+    mngr.close()
+
+
+def _wrap_step(monkeypatch, on_call):
+  """Makes the compiled train step call `on_call(k, batch)` first (k: the
+  number of the call in this run, from 1)."""
+  real = train_l2m.compile_train_step
+
+  def compile_step(*args, **kwargs):
+    compiled = real(*args, **kwargs)
+    calls = []
+
+    def fn(state, batch, *rest):
+      calls.append(1)
+      batch = on_call(len(calls), batch)
+      return compiled.fn(state, batch, *rest)
+    return dataclasses.replace(compiled, fn=fn)
+  monkeypatch.setattr(train_l2m, 'compile_train_step', compile_step)
+
+
+def test_sigterm_saves_and_the_rerun_continues_exactly(tiny_run, tmp_path,
+                                                       monkeypatch):
+  def sigterm_in_step_1(k, batch):
+    if k == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch
+  _wrap_step(monkeypatch, sigterm_in_step_1)
+  workdir = tmp_path / 'run'
+  config = conftest.run_config(tiny_run.data, tiny_run.weights, eval_every=0)
+  handler = signal.getsignal(signal.SIGTERM)
+  state = train_l2m.train_and_evaluate(config, str(workdir))
+  assert int(parallel.unreplicate_to_host(state.step)) == 1
+  assert [p.name for p in (workdir / 'checkpoints').iterdir()
+          if p.name.isdigit()] == ['1']
+  assert signal.getsignal(signal.SIGTERM) == handler  # restored
+  monkeypatch.undo()
+  resumed = train_l2m.train_and_evaluate(config, str(workdir))
+  err = _max_diff(parallel.unreplicate_to_host(resumed), tiny_run.state)
+  print(f'SIGTERM at step 1, resumed vs uninterrupted: max abs diff {err}')
+  assert err == 0.0
+
+
+def test_nonfinite_step_saves_nothing_pmap(tiny_run, tmp_path, monkeypatch):
+  """A NaN at step 3 with log_every=5: no NaN checkpoint or export, the last
+  good ones stay, the error names the step; the pmap path of the loop."""
+  nan_at_call = [3]
+
+  def nan_images_at_step_3(k, batch):
+    if k == nan_at_call[0]:
+      batch = dict(batch, x_src=batch['x_src'] * np.float32(np.nan))
+    return batch
+  _wrap_step(monkeypatch, nan_images_at_step_3)
+  workdir = tmp_path / 'run'
+  config = conftest.run_config(
+      tiny_run.data, tiny_run.weights, parallel='pmap', log_every=5,
+      save_every=1, keep_checkpoints=2, eval_every=0, sample_every=100)
+  for attempt in range(2):  # the rerun resumes at 2 and stops again at 3
+    nan_at_call[0] = 3 if attempt == 0 else 1
+    with pytest.raises(train_l2m.NonFiniteError) as e:
+      train_l2m.train_and_evaluate(config, str(workdir))
+    msg = str(e.value)
+    assert msg.startswith('step 3: the training state became non-finite')
+    assert 'g_loss' in msg and 'the last checkpoint (step 2)' in msg, msg
+    assert errors.is_divergence(e.value)
+    assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()
+                  if p.name.isdigit()) == ['1', '2']
+  from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
+  variables, _ = l2m_convert.load_l2m_checkpoint(workdir / 'ema_export')
+  meta = json.loads((workdir / 'ema_export' / 'meta.json').read_text())
+  assert meta['source']['step'] == 2
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
+  # pmap and jit + shard_map agree on the real step (checkpoint of step 2).
+  models = train_l2m.create_models(config, ['neg', 'pos'])
+  abstract = jax.eval_shape(lambda: train_l2m.create_train_state(
+      config, models, jax.random.key(0)))
+  rep = parallel.replicated_sharding(parallel.make_mesh())
+  states = []
+  for w in (workdir, tiny_run.workdir):
+    mngr = checkpointing.make_manager(w / 'checkpoints', 1, 2)
+    try:
+      states.append(parallel.unreplicate_to_host(checkpointing.restore(
+          mngr, 2, abstract, rep)[0]))
+    finally:
+      mngr.close()
+  err = _max_diff(*states)
+  print(f'pmap vs shard_map after 2 steps: max abs diff {err:.3g}')
+  assert err <= 1e-5
+
+
+def test_a_live_run_holds_the_workdir(tiny_run, tmp_path):
+  workdir = tmp_path / 'run'
+  config = conftest.run_config(tiny_run.data, tiny_run.weights)
+  with checkpointing.WorkdirLock(workdir):  # another run, alive
+    with pytest.raises(checkpointing.WorkdirLockedError,
+                       match=f'pid {os.getpid()}'):
+      train_l2m.train_and_evaluate(config, str(workdir))
+  assert not (workdir / 'checkpoints').exists()
+
+
+def test_bad_data_layout_fails_before_training(tiny_run, tmp_path):
+  """Each layout mistake is a DatasetError naming the folders."""
+  def fresh():
+    d = tmp_path / f'data{len(list(tmp_path.iterdir()))}'
+    return pathlib.Path(shutil.copytree(tiny_run.data, d))
+
+  def expect(data, *needles):
+    config = conftest.run_config(data, tiny_run.weights)
+    with pytest.raises(input_pipeline.DatasetError) as e:
+      train_l2m.train_and_evaluate(config, str(tmp_path / 'w'))
+    for n in needles:
+      assert n in str(e.value), str(e.value)
+    assert not (tmp_path / 'w' / 'checkpoints').exists()
+
+  # train/<domain> empty while val/<domain> is not.
+  d = fresh()
+  for f in (d / 'train' / 'pos').iterdir():
+    f.unlink()
+  expect(d, str(d / 'train' / 'pos'), 'hold no image files')
+  # An extra empty domain folder.
+  d = fresh()
+  (d / 'train' / 'other').mkdir()
+  expect(d, str(d / 'train' / 'other'))
+  # A single domain.
+  d = fresh()
+  shutil.rmtree(d / 'train' / 'pos')
+  shutil.rmtree(d / 'val' / 'pos')
+  expect(d, 'found 1 domain folder', "['neg']")
+  # train and val domains differ.
+  d = fresh()
+  (d / 'val' / 'pos').rename(d / 'val' / 'positive')
+  expect(d, str(d / 'val' / 'pos'), str(d / 'val' / 'positive'))
+
+
+@pytest.mark.parametrize('r1_every', [1, 3])
+def test_discriminator_gradient_and_lazy_r1_match_torch(r1_every):
+  """The D objective's gradient against torch autograd on the reference D.
+
+  R1 = 0.5 mean_n |d D_y(x_n)/dx_n|^2 via create_graph double backprop; with
+  lazy R1 (r1_every = N > 1) the penalty is N * R1 on steps divisible by N
+  and absent on the others.
+  """
+  from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
+  from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
+  from l2m_jax.models import l2m as l2m_models  # pylint: disable=g-import-not-at-top
+  from tests import l2m_checkpoints as lc  # pylint: disable=g-import-not-at-top
+  from third_party import l2m_torch  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.r1_every = r1_every
+  config.lambda_reg = 0.7
+  mc = train_l2m.model_config_from(config)
+  torch.manual_seed(0)
+  d_torch = lc.he_init_(l2m_torch.Discriminator(
+      mc.img_size, mc.num_domains, mc.max_conv_dim, base_dim=mc.base_dim), 3)
+  key_map = l2m_convert.module_key_map(
+      l2m_models.init_shapes(mc, True)['discriminator'])
+  params = l2m_convert._convert_module(  # pylint: disable=protected-access
+      d_torch.state_dict(), key_map)['params']
+  disc = l2m_models.build_discriminator(mc)
+  grads_fn = jax.jit(functools.partial(train_l2m.discriminator_grads,
+                                       disc=disc, config=config))
+  rng = np.random.default_rng(1)
+  x = rng.uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+  x_fake = rng.uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+  y, y_trg = np.array([0, 1, 1, 0]), np.array([1, 1, 0, 0])
+  for step in (0, 1, 3, 4):
+    grads, metrics = grads_fn(params, jnp.int32(step), x, y, x_fake, y_trg)
+    with_r1 = step % r1_every == 0
+    xt = lc.nhwc_to_torch(x).requires_grad_(True)
+    real = d_torch(xt, torch.from_numpy(y))
+    fake = d_torch(lc.nhwc_to_torch(x_fake), torch.from_numpy(y_trg))
+    loss = (torch.nn.functional.softplus(-real).mean()
+            + torch.nn.functional.softplus(fake).mean())
+    r1 = torch.zeros(())
+    if with_r1:
+      (g,) = torch.autograd.grad(real.sum(), xt, create_graph=True)
+      r1 = 0.5 * g.pow(2).flatten(1).sum(1).mean()
+      loss = loss + 0.7 * r1_every * r1
+    names = [k for k, _ in d_torch.named_parameters()]
+    t_grads = dict(zip(names, torch.autograd.grad(
+        loss, list(d_torch.parameters()))))
+    np.testing.assert_allclose(metrics['d_r1'], r1.item(), rtol=1e-4,
+                               atol=1e-7)
+    np.testing.assert_allclose(metrics['d_loss'], loss.item(), rtol=1e-5)
+    flat = t2f.flatten({'params': grads})
+    worst = 0.0
+    for tkey, (path, _) in key_map.items():
+      want = t_grads[tkey]
+      want = (t2f.conv_kernel(want) if want.ndim == 4 else
+              t2f.dense_kernel(want) if want.ndim == 2 else
+              want.detach().numpy())
+      scale = max(float(np.abs(want).max()), 1e-6)
+      worst = max(worst, float(np.abs(flat[path] - want).max()) / scale)
+    print(f'r1_every {r1_every} step {step} (R1 {with_r1}): worst relative '
+          f'gradient error {worst:.2e}')
+    assert worst <= 1e-4
+
+
+@pytest.mark.slow
+def test_bfloat16_steps_run_and_stay_finite():
+  config = tiny.get_config()
+  config.dtype = 'bfloat16'
+  state, metrics = _run_real(config, 'shard_map', 2, steps=3)
+  for k, v in metrics.items():
+    assert np.isfinite(v), (k, v)
+  leaves = jax.tree.leaves(state)
+  assert all(np.isfinite(x).all() for x in leaves
+             if np.issubdtype(x.dtype, np.floating))
+  # Parameters and optimiser state stay float32; only the compute is bf16.
+  assert state.generator.params['from_rgb']['kernel'].dtype == np.float32
+  assert 0.1 < metrics['d_loss'] < 10 and 0.1 < metrics['g_loss'] < 100
 
 
 # ---------------------------------------------------------------------------

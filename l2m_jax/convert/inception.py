@@ -14,6 +14,11 @@ kind is detected from `fc.weight` (1000 rows + AuxLogits: torchvision; 1008:
 pytorch-fid) and recorded, but the pooling rules are chosen by the protocol,
 never guessed from the weights. Weights are never downloaded.
 
+Files are read with `torch.load(weights_only=True)` only, whatever their
+name or hash: both release files (pytorch-fid's is in the legacy, pre-zip
+serialisation) are plain dicts of tensors, which that loader reads. A file
+it refuses gets an error with a one-off torch command to re-save it.
+
 Torch key -> Flax path (module names equal, see `l2m_jax.models.inception`):
   P.conv.weight       [O, I, kH, kW] -> params/P/conv/kernel [kH, kW, I, O]
   P.bn.weight / bias                 -> params/P/bn/scale / bias
@@ -36,7 +41,9 @@ FORMAT = 'inception'
 KIND_TORCHVISION = 'torchvision'
 KIND_FID = 'fid'
 
-# torch-hub file names end in the first 8 hex digits of the file's SHA-256.
+# The release files. torch-hub file names end in the first 8 hex digits of the
+# file's SHA-256 (checked by `check_hub_name`). Informative only: no hash
+# makes a file trusted enough to unpickle (`_load_pth`).
 KNOWN_FILES = {
     '1a9a5a14': ('inception_v3_google-1a9a5a14.pth', KIND_TORCHVISION),
     '0cc3c7bd': ('inception_v3_google-0cc3c7bd.pth', KIND_TORCHVISION),
@@ -160,16 +167,28 @@ def check_hub_name(path: str | os.PathLike, sha256: str) -> None:
         'truncated (download it again)')
 
 
-def _load_pth(path: pathlib.Path, sha256: str) -> Any:
+SAFE_RESAVE_HELP = (
+    'l2m_jax never unpickles code, whatever the file. If a file you trust '
+    'cannot be read with weights_only=True, re-save its tensors once with '
+    'torch and pass the new file:\n'
+    '    python -c "import sys, torch; sd = torch.load(sys.argv[1], '
+    "map_location='cpu', weights_only=False); torch.save({k: v for k, v in "
+    'sd.items()}, sys.argv[2])" IN.pth OUT.pth\n'
+    '(this runs whatever the file contains: do it only for a file from a '
+    'source you trust; see docs/fid.md).')
+
+
+def _load_pth(path: pathlib.Path) -> Any:
+  """torch.load(weights_only=True) only: no file's hash unlocks unpickling.
+
+  The release files (torchvision's and pytorch-fid's, legacy and zip
+  serialisation alike) hold only tensors in a dict and load this way.
+  """
   try:
     return t2f.load_torch_file(path)
-  except t2f.ConversionError:
-    # Legacy-serialised files that weights_only=True might refuse: only the
-    # files whose hash matches a known release are unpickled fully.
-    if sha256[:8] not in KNOWN_FILES:
-      raise
-    import torch  # pylint: disable=g-import-not-at-top
-    return torch.load(path, map_location='cpu', weights_only=False)
+  except t2f.ConversionError as e:
+    raise t2f.ConversionError(path, note=str(e).split('\n', 1)[-1] + '\n  '
+                              + SAFE_RESAVE_HELP) from None
 
 
 def load_pth(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -180,7 +199,7 @@ def load_pth(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
                             + NO_DOWNLOAD_HELP)
   sha256 = t2f.sha256_file(path)
   check_hub_name(path, sha256)
-  state_dict = _load_pth(path, sha256)
+  state_dict = _load_pth(path)
   if isinstance(state_dict, Mapping) and 'state_dict' in state_dict and (
       isinstance(state_dict['state_dict'], Mapping)):
     state_dict = state_dict['state_dict']

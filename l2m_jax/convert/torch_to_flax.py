@@ -10,16 +10,32 @@ Every converter in `l2m_jax.convert` follows the same contract:
   (`check_state_dict`).
 * Layout changes happen only here: conv OIHW -> HWIO (`conv_kernel`), Linear
   (out, in) -> Dense (in, out) (`dense_kernel`).
+* Values are validated on the way in and out: every mapped weight must be
+  a finite floating-point tensor (`check_values`; BatchNorm
+  `num_batches_tracked` counters excepted), or one `ConversionError` names
+  every offending key.
 * The result is written as a params-only orbax checkpoint plus `meta.json`
-  holding the model config, the source file's sha256 and the key map
-  (`save_converted`); `load_converted` reads it back and, given a template
-  from `jax.eval_shape(model.init, ...)`, checks every key and shape.
+  holding the model config, the source file's sha256, the key map and the
+  SHA-256 of every data file (`save_converted`); `load_converted` verifies
+  those files before orbax reads them (a missing, emptied or altered file
+  is one clear error), then checks the values and, given a template from
+  `jax.eval_shape(model.init, ...)`, every key and shape.
 
 Converted checkpoint directory layout::
 
   <out>/meta.json    {"format": ..., "config": {...}, "source": {...},
-                      "key_map": {torch_key: flax_path}, "ignored": [...]}
+                      "key_map": {torch_key: flax_path}, "ignored": [...],
+                      "variables_dir": "variables",
+                      "checksums": {"variables/<file>": sha256, ...}}
   <out>/variables/   orbax PyTree checkpoint of the variables pytree
+
+Overwriting an existing converted checkpoint is atomic: the new data go to
+a fresh `variables.<n>/` and `meta.json` (written to a temporary file and
+renamed over the old one) switches to it in one step; the old data are
+deleted afterwards. A reader, or a kill at any moment, sees the old
+checkpoint or the new one, never a mix. In a multi-process run every
+process calls `save_converted` (orbax's save is a collective); only the main
+process touches files.
 """
 
 from __future__ import annotations
@@ -28,12 +44,16 @@ import hashlib
 import json
 import os
 import pathlib
+import re
+import shutil
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 META_FILE = 'meta.json'
 VARIABLES_DIR = 'variables'
+# meta.json entries about the storage itself, not returned by load_converted.
+STORAGE_KEYS = ('variables_dir', 'checksums')
 
 
 class ConversionError(ValueError):
@@ -156,6 +176,57 @@ def check_state_dict(source: str, state_dict: Mapping[str, Any],
       mismatched.append((k, tuple(expected[k]), shape))
   if missing or unexpected or mismatched:
     raise ConversionError(source, missing, unexpected, mismatched)
+  check_values(source, {k: state_dict[k] for k in expected if k in present})
+
+
+COUNTER_SUFFIX = 'num_batches_tracked'
+
+
+def _dtype_and_bad_count(value: Any) -> tuple[str, bool, int]:
+  """(dtype name, is floating point, number of non-finite entries)."""
+  if hasattr(value, 'detach'):  # a torch tensor
+    import torch  # pylint: disable=g-import-not-at-top
+    t = value.detach()
+    floating = t.is_floating_point()
+    bad = int((~torch.isfinite(t)).sum()) if floating else 0
+    return str(t.dtype).replace('torch.', ''), floating, bad
+  a = np.asarray(value)
+  floating = np.issubdtype(a.dtype, np.floating) or a.dtype.name == 'bfloat16'
+  bad = int(a.size - np.count_nonzero(np.isfinite(a.astype(np.float32)))
+            ) if floating else 0
+  return a.dtype.name, floating, bad
+
+
+def check_values(source: str, arrays: Mapping[str, Any]) -> None:
+  """Every weight must be floating point and finite.
+
+  Keys ending in `num_batches_tracked` (BatchNorm step counters, integer by
+  design and never used in inference) are exempt.
+
+  Raises:
+    ConversionError: naming every key with a non-float dtype and every key
+      with NaN or inf entries (and how many).
+  """
+  wrong_dtype, non_finite = [], []
+  for k, v in arrays.items():
+    if str(k).endswith(COUNTER_SUFFIX):
+      continue
+    dtype, floating, bad = _dtype_and_bad_count(v)
+    if not floating:
+      wrong_dtype.append(f'{k}: {dtype}')
+    elif bad:
+      non_finite.append(f'{k}: {bad} of {int(np.prod(np.shape(v)))} '
+                        'entries are NaN or inf')
+  if wrong_dtype or non_finite:
+    lines = []
+    if wrong_dtype:
+      lines.append(f'  {len(wrong_dtype)} weight(s) with a non-float dtype '
+                   '(expected float32/float16/bfloat16):')
+      lines += [f'    - {k}' for k in sorted(wrong_dtype)]
+    if non_finite:
+      lines.append(f'  {len(non_finite)} weight(s) with non-finite values:')
+      lines += [f'    - {k}' for k in sorted(non_finite)]
+    raise ConversionError(source, note='\n'.join(lines))
 
 
 def conv_kernel(weight: Any) -> np.ndarray:
@@ -210,31 +281,96 @@ def check_against_template(source: str, variables: Mapping[str, Any],
                           note='  (Flax paths, after conversion)')
 
 
+def _files_checksums(root: pathlib.Path, sub: str) -> dict[str, str]:
+  """{'<sub>/<relative path>': sha256} of every file under root/sub."""
+  base = root / sub
+  return {f'{sub}/{p.relative_to(base).as_posix()}': sha256_file(p)
+          for p in sorted(base.rglob('*')) if p.is_file()}
+
+
+def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+  tmp = path.with_name(f'.{path.name}.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)  # atomic on POSIX
+
+
+_VARIABLES_RE = re.compile(
+    r'^variables(\.(\d+))?(\.orbax-checkpoint-tmp.*)?$')
+
+
+def _next_variables_dir(out_dir: pathlib.Path) -> str:
+  numbers = [int(m.group(2) or 0) for p in out_dir.iterdir()
+             for m in [_VARIABLES_RE.match(p.name)] if m]
+  return f'{VARIABLES_DIR}.{max(numbers, default=0) + 1}'
+
+
+def _is_main_process() -> bool:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+  from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
+  parallel.sync(name)
+
+
 def save_converted(out_dir: str | os.PathLike, variables: Mapping[str, Any],
                    meta: Mapping[str, Any], overwrite: bool = False) -> None:
   """Writes a params-only orbax checkpoint plus meta.json.
 
+  Overwriting a converted checkpoint is atomic (module docstring); any
+  other non-empty folder is refused unless `overwrite`, which then deletes
+  it first. Every process of a multi-process run must call this.
+
   Args:
     out_dir: directory to create.
-    variables: pytree of numpy/jax arrays.
+    variables: pytree of numpy/jax arrays (finite floats).
     meta: JSON-serialisable metadata; by convention it has `format`,
       `config`, `source` (path, sha256) and `key_map`.
     overwrite: replace an existing directory.
+
+  Raises:
+    FileExistsError: out_dir is not empty and overwrite is False.
+    ConversionError: a variable is not a finite float array.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   out_dir = pathlib.Path(out_dir).resolve()
+  variables = _to_numpy_tree(variables)
+  check_values(str(out_dir), flatten(variables))
+  previous = None  # the variables dir of the checkpoint being replaced
   if out_dir.exists() and any(out_dir.iterdir()):
     if not overwrite:
       raise FileExistsError(f'{out_dir}: already exists and is not empty '
                             '(pass overwrite / --overwrite to replace it)')
-    import shutil  # pylint: disable=g-import-not-at-top
-    shutil.rmtree(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  variables = _to_numpy_tree(variables)
+    try:
+      previous = read_meta(out_dir).get('variables_dir', VARIABLES_DIR)
+    except (OSError, ValueError):
+      previous = None
+    if previous is None or not (out_dir / previous).is_dir():
+      previous = None
+      if _is_main_process():
+        shutil.rmtree(out_dir)  # not a converted checkpoint: replace it
+  sub = VARIABLES_DIR if previous is None else _next_variables_dir(out_dir)
+  if _is_main_process():
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / sub).exists():  # left by an interrupted save
+      shutil.rmtree(out_dir / sub)
+  _sync('save_converted_start')
   with ocp.PyTreeCheckpointer() as ckptr:
-    ckptr.save(out_dir / VARIABLES_DIR, variables)
-  with open(out_dir / META_FILE, 'w') as f:
-    json.dump(dict(meta), f, indent=1, sort_keys=True)
+    ckptr.save(out_dir / sub, variables)
+  if _is_main_process():
+    full = dict(meta, variables_dir=sub,
+                checksums=_files_checksums(out_dir, sub))
+    _write_json_atomic(out_dir / META_FILE, full)
+    # Only now is the new checkpoint in place; remove what it replaced and
+    # leftovers of interrupted saves.
+    for p in out_dir.iterdir():
+      if p.name != sub and _VARIABLES_RE.match(p.name) and p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+  _sync('save_converted_end')
 
 
 def read_meta(path: str | os.PathLike, expected_format: str | None = None,
@@ -269,6 +405,33 @@ def read_meta(path: str | os.PathLike, expected_format: str | None = None,
   return meta
 
 
+def verify_files(path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+  """Checks the data files against meta['checksums'] (when recorded).
+
+  Raises:
+    ConversionError: naming every missing file and every file whose content
+      changed (truncated, emptied, overwritten, bit-flipped).
+  """
+  path = pathlib.Path(path)
+  sums = meta.get('checksums')
+  if not sums:
+    return  # written before checksums were recorded
+  missing, changed = [], []
+  for rel, want in sorted(sums.items()):
+    f = path / rel
+    if not f.is_file():
+      missing.append(rel)
+    elif sha256_file(f) != want:
+      changed.append(rel)
+  if missing or changed:
+    lines = ['  the data files do not match the checksums in meta.json: the '
+             'checkpoint is damaged (convert or export it again)']
+    lines += [f'    - {r}: missing' for r in missing]
+    lines += [f'    - {r}: content differs (truncated or altered)'
+              for r in changed]
+    raise ConversionError(path, note='\n'.join(lines))
+
+
 def load_converted(path: str | os.PathLike, template: Mapping[str, Any] | None
                    = None) -> tuple[dict[str, Any], dict[str, Any]]:
   """Loads a checkpoint written by `save_converted`.
@@ -279,23 +442,39 @@ def load_converted(path: str | os.PathLike, template: Mapping[str, Any] | None
       keys and shapes are checked against it.
 
   Returns:
-    (variables as nested dicts of numpy arrays, meta dict).
+    (variables as nested dicts of numpy arrays, meta dict without the
+    storage entries `variables_dir` and `checksums`).
+
+  Raises:
+    FileNotFoundError: not a converted checkpoint directory.
+    ConversionError: damaged data files, weights that are not finite
+      floats, or (with a template) wrong keys or shapes.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(path).resolve()
   meta = read_meta(path)
-  vdir = path / VARIABLES_DIR
+  sub = meta.get('variables_dir', VARIABLES_DIR)
+  vdir = path / sub
   if not vdir.is_dir():
-    raise FileNotFoundError(f'{path}: {VARIABLES_DIR}/ is missing')
-  with ocp.PyTreeCheckpointer() as ckptr:
-    metadata = ckptr.metadata(vdir)
-    tree = getattr(metadata, 'item_metadata', metadata)
-    tree = getattr(tree, 'tree', tree)
-    restore_args = _numpy_restore_args(tree)
-    variables = ckptr.restore(vdir, restore_args=restore_args)
+    raise FileNotFoundError(f'{path}: {sub}/ is missing')
+  verify_files(path, meta)
+  try:
+    with ocp.PyTreeCheckpointer() as ckptr:
+      metadata = ckptr.metadata(vdir)
+      tree = getattr(metadata, 'item_metadata', metadata)
+      tree = getattr(tree, 'tree', tree)
+      restore_args = _numpy_restore_args(tree)
+      variables = ckptr.restore(vdir, restore_args=restore_args)
+  except Exception as e:  # pylint: disable=broad-except
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    raise ConversionError(
+        path, note=f'  the data in {sub}/ do not restore ({type(e).__name__}:'
+        f' {first}); the checkpoint is damaged (convert or export it '
+        'again)') from None
+  check_values(str(path), flatten(variables))
   if template is not None:
     check_against_template(str(path), variables, template)
-  return variables, meta
+  return variables, {k: v for k, v in meta.items() if k not in STORAGE_KEYS}
 
 
 def _to_numpy_tree(tree: Any) -> Any:

@@ -181,7 +181,7 @@ def device_normalize(u8: jax.Array, protocol: str | Protocol) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------
-# Feature extraction, jit-compiled and sharded over all local devices.
+# Feature extraction, jit-compiled and sharded over this process's devices.
 
 FeaturesFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -189,13 +189,18 @@ FeaturesFn = Callable[[Any, jax.Array], jax.Array]
 class FeatureExtractor:
   """uint8 images -> float32 features, batched, jitted, data-parallel.
 
+  Runs on this process's devices only (`parallel.map_batches` on a
+  process-local mesh): in a multi-process run each process extracts the
+  features of its own share of the images, with no collective.
+
   Attributes:
     protocol: the `Protocol`.
     weights_id: identifies the weights (SHA-256 of the source file) for
       caching; any string.
-    batch_size: global batch (rounded up to a multiple of the device count).
-      Every call is padded to it, so one shape is compiled per image size;
-      padded rows are dropped from the result.
+    batch_size: images per call on this process (rounded up to a multiple
+      of its device count). Every call is padded to it, so one shape is
+      compiled per image size; padded rows are dropped from the result.
+    mesh: the process-local ('data',) mesh.
   """
 
   def __init__(self, protocol: str | Protocol, variables: Any = None, *,
@@ -209,20 +214,19 @@ class FeatureExtractor:
       protocol: 'stargan_v2' | 'standard' (or their spec aliases).
       variables: Inception {params, batch_stats}; unused with `features_fn`.
       weights_id: string identifying the weights (cache key).
-      batch_size: global batch size; the protocol's default when None.
-      mesh: device mesh; all local devices when None.
+      batch_size: images per call; the protocol's default when None.
+      mesh: a process-local mesh; `parallel.local_mesh()` when None.
       features_fn: optional `(variables, normalised [B,299,299,3]) -> [B, D]`
         replacing the Inception network (tests and custom feature spaces).
       precision: convolution precision of the Inception network.
     """
     self.protocol = get_protocol(protocol)
     self.weights_id = weights_id
-    self.mesh = mesh if mesh is not None else parallel.make_mesh()
-    ndev = self.mesh.devices.size
+    self.mesh = mesh if mesh is not None else parallel.local_mesh()
     bs = batch_size or self.protocol.batch_size
     if bs <= 0:
       raise ValueError(f'batch_size={bs}: must be positive')
-    self.batch_size = -(-bs // ndev) * ndev
+    self.batch_size = parallel.round_up_batch(bs, self.mesh)
     if features_fn is None:
       if variables is None:
         raise ValueError('FeatureExtractor needs Inception variables (or a '
@@ -230,22 +234,27 @@ class FeatureExtractor:
       model = inception_lib.InceptionV3(variant=self.protocol.variant,
                                         precision=precision)
       features_fn = model.apply
-    self._variables = parallel.replicate(variables, self.mesh)
+    self._variables = parallel.replicate_local(variables, self.mesh)
     proto = self.protocol
 
     def step(v, u8):
       return features_fn(v, device_normalize(u8, proto)).astype(jnp.float32)
     self._step = jax.jit(step)
+    self._dim = None
+
+  @property
+  def dim(self) -> int:
+    """Feature dimension D (from the shapes alone; nothing is computed)."""
+    if self._dim is None:
+      size = INCEPTION_SIZE
+      out = jax.eval_shape(self._step, self._variables, jax.ShapeDtypeStruct(
+          (1, size, size, 3), jnp.uint8))
+      self._dim = int(out.shape[-1])
+    return self._dim
 
   def _run(self, u8: np.ndarray) -> np.ndarray:
-    out = []
-    for start in range(0, u8.shape[0], self.batch_size):
-      chunk = u8[start:start + self.batch_size]
-      padded, n = parallel.pad_to_multiple(chunk, self.batch_size)
-      feats = self._step(self._variables, parallel.shard_batch(padded,
-                                                               self.mesh))
-      out.append(np.asarray(feats)[:n])  # drop the padded rows
-    return np.concatenate(out, axis=0)
+    return parallel.map_batches(self._step, u8, batch_size=self.batch_size,
+                                args=(self._variables,), mesh=self.mesh)
 
   def __call__(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
     """Host-preprocessed uint8 images (see `host_preprocess`) -> [N, D].
@@ -298,6 +307,10 @@ def make_extractor(protocol: str | Protocol, weights: str | os.PathLike | None,
 # Streaming statistics.
 
 
+class SingularCovarianceWarning(UserWarning):
+  """Fewer images than feature dimensions: the FID is biased."""
+
+
 class StreamingStats:
   """Mean and covariance (ddof 1) of feature rows, accumulated in float64.
 
@@ -305,9 +318,13 @@ class StreamingStats:
   (the mean of the first batch), so memory is O(D^2) whatever N is, and the
   result does not depend on batch sizes or order beyond round-off
   (spec fid.md §d.5).
+
+  Attributes:
+    name: what the rows are (a folder, a task), for messages.
   """
 
-  def __init__(self):
+  def __init__(self, name: str = 'features'):
+    self.name = str(name)
     self.n = 0
     self.shift = None
     self.sum = None
@@ -355,14 +372,53 @@ class StreamingStats:
     self.sum += other.sum + other.n * delta
     self.n += other.n
 
+  def combine_processes(self, dim: int) -> 'StreamingStats':
+    """The statistics of every process's rows (a collective).
+
+    In a multi-process run each process accumulates its own share of the
+    images; this gathers every process's (n, shift, sum, Gram) bit-exactly
+    in float64 (`parallel.gather_stats`) and merges them in process order,
+    so every process returns the same statistics. One process: self.
+
+    Args:
+      dim: the feature dimension D (a process with no rows still has to
+        send arrays of the right shape).
+    """
+    if parallel.process_count() == 1:
+      return self
+    if self.n == 0:
+      shift, total, gram = (np.zeros(dim), np.zeros(dim),
+                            np.zeros((dim, dim)))
+    else:
+      if self.dim != dim:
+        raise ValueError(f'{self.name}: feature dimension {self.dim}, '
+                         f'expected {dim}')
+      shift, total, gram = self.shift, self.sum, self.gram
+    parts = parallel.gather_stats([np.asarray([self.n], np.int64), shift,
+                                   total, gram])
+    out = StreamingStats(self.name)
+    for (n, c, t, g) in parts:
+      other = StreamingStats(self.name)
+      other.n, other.shift, other.sum, other.gram = int(n[0]), c, t, g
+      out.merge(other)
+    return out
+
   def mean(self) -> np.ndarray:
     if self.n == 0:
-      raise ValueError('no features accumulated')
+      raise ValueError(f'{self.name}: no images, so no statistics')
     return self.shift + self.sum / self.n
 
   def cov(self) -> np.ndarray:
+    """The covariance; warns when it is singular (n <= D)."""
     if self.n < 2:
-      raise ValueError(f'the covariance needs at least 2 images, got {self.n}')
+      raise ValueError(f'{self.name}: the covariance needs at least 2 '
+                       f'images, got {self.n}')
+    if self.n <= self.dim:
+      warnings.warn(
+          f'{self.name}: {self.n} images for {self.dim} feature dimensions: '
+          'the covariance is singular (rank <= n - 1 < D) and the FID is '
+          'biased; use more images than dimensions for a comparable value',
+          SingularCovarianceWarning, stacklevel=2)
     c = (self.gram - np.outer(self.sum, self.sum) / self.n) / (self.n - 1)
     return (c + c.T) / 2
 
@@ -374,9 +430,25 @@ class StreamingStats:
 # Fréchet distance.
 
 
+# Tolerances of `check_statistics`: symmetry relative to the largest |sigma|
+# entry, positive semi-definiteness relative to the trace (the smallest
+# eigenvalue must be >= -PSD_RTOL * trace). Covariances from data are
+# symmetric and PSD up to float64 round-off, far below these.
+SYMMETRY_RTOL = 1e-6
+PSD_RTOL = 1e-6
+
+
 def check_statistics(mu: Any, sigma: Any, name: str = 'statistics'
                      ) -> tuple[np.ndarray, np.ndarray]:
-  """float64 (mu [D], sigma [D, D]) or a ValueError naming `name`."""
+  """float64 (mu [D], sigma [D, D]) or a ValueError naming `name`.
+
+  sigma must be a covariance: finite, symmetric (max |S - S^T| <=
+  SYMMETRY_RTOL * max |S|) and positive semi-definite (no eigenvalue below
+  -PSD_RTOL * trace S; tested with a Cholesky factorisation of
+  S + PSD_RTOL * trace(S) * I, several times cheaper than eigenvalues). A
+  sigma that is not gives a meaningless FID (a negative one for identical
+  statistics), so it is refused.
+  """
   mu = np.asarray(mu, np.float64)
   sigma = np.asarray(sigma, np.float64)
   if mu.ndim != 1:
@@ -387,6 +459,28 @@ def check_statistics(mu: Any, sigma: Any, name: str = 'statistics'
                      f'got shape {sigma.shape}')
   if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sigma))):
     raise ValueError(f'{name}: mu/sigma contain NaN or inf')
+  if d == 0:
+    return mu, sigma
+  scale = float(np.max(np.abs(sigma)))
+  asym = float(np.max(np.abs(sigma - sigma.T)))
+  if asym > SYMMETRY_RTOL * scale:
+    raise ValueError(f'{name}: sigma is not symmetric (max |S - S^T| = '
+                     f'{asym:.3g}, max |S| = {scale:.3g}); expected a '
+                     'covariance matrix')
+  sym = (sigma + sigma.T) / 2
+  trace = float(np.trace(sym))
+  psd = trace >= 0 and float(np.min(np.diag(sym))) >= -PSD_RTOL * trace
+  if psd:
+    try:
+      np.linalg.cholesky(sym + (PSD_RTOL * trace + 1e-300) * np.eye(d))
+    except np.linalg.LinAlgError:
+      psd = False
+  if not psd:
+    eig = np.linalg.eigvalsh(sym)
+    raise ValueError(f'{name}: sigma is not positive semi-definite '
+                     f'(smallest eigenvalue {eig[0]:.3g}, largest '
+                     f'{eig[-1]:.3g}, trace {trace:.3g}); expected a '
+                     'covariance matrix')
   return mu, sigma
 
 
@@ -532,24 +626,30 @@ def folder_statistics(folder: str | os.PathLike, extractor: FeatureExtractor,
                       desc: str | None = None) -> StreamingStats:
   """Streams every image of a folder through the extractor.
 
+  Multi-process: each process reads and extracts its own share of the files
+  (`parallel.process_slice`) and the statistics are combined across
+  processes (a collective: every process must call this).
+
   Raises:
     ValueError / FileNotFoundError: empty or missing folder.
     image_io.ImageReadError: an unreadable image (the file is named).
   """
   files = list_images(folder, extractor.protocol)
-  stats = StreamingStats()
-  bar = _progress(len(files), desc or str(folder), progress)
+  share = files[parallel.process_slice(len(files))]
+  stats = StreamingStats(str(folder))
+  bar = _progress(len(share), desc or str(folder),
+                  progress and parallel.is_main_process())
   bs = extractor.batch_size
   load = lambda p: load_image(p, extractor.protocol)  # pylint: disable=unnecessary-lambda-assignment
   with concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
-    for start in range(0, len(files), bs):
-      batch = list(pool.map(load, files[start:start + bs]))
+    for start in range(0, len(share), bs):
+      batch = list(pool.map(load, share[start:start + bs]))
       stats.update(extractor(batch))
       if bar is not None:
         bar.update(len(batch))
   if bar is not None:
     bar.close()
-  return stats
+  return stats.combine_processes(extractor.dim)
 
 
 def images_statistics(batches: Iterable[np.ndarray],
@@ -560,7 +660,7 @@ def images_statistics(batches: Iterable[np.ndarray],
   Float images are quantised as a PNG save would (`quantize`) and then
   preprocessed exactly as the file path would preprocess the PNGs.
   """
-  stats = stats if stats is not None else StreamingStats()
+  stats = stats if stats is not None else StreamingStats('images')
   for batch in batches:
     u8 = quantize(np.asarray(batch))
     if u8.ndim != 4:
@@ -605,17 +705,23 @@ def cached_folder_statistics(folder: str | os.PathLike,
                        ).hexdigest()[:24]
   cache_dir = pathlib.Path(cache_dir)
   npz, meta = cache_dir / f'{key}.npz', cache_dir / f'{key}.json'
+  cached = None
   if npz.is_file() and meta.is_file():
     try:
       mu, sigma = load_stats(npz)
-      n = json.loads(meta.read_text()).get('n', -1)
-      return mu, sigma, n
+      cached = mu, sigma, json.loads(meta.read_text()).get('n', -1)
     except (ValueError, OSError):
       pass  # a damaged cache entry is recomputed
+  # Every process must take the same branch (the computation below is a
+  # collective), so a hit counts only when all processes read the entry.
+  if parallel.all_processes(cached is not None):
+    return cached
   stats = folder_statistics(folder, extractor, progress=progress)
   mu, sigma = stats.result()
-  save_stats(npz, mu, sigma)
-  meta.write_text(json.dumps(dict(fields, n=stats.n), indent=1))
+  if parallel.is_main_process():
+    save_stats(npz, mu, sigma)
+    meta.write_text(json.dumps(dict(fields, n=stats.n), indent=1))
+  parallel.sync('fid_cache')
   return mu, sigma, stats.n
 
 

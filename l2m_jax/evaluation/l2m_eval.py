@@ -18,6 +18,13 @@ variables and config, so training can call it directly. Real-image
 statistics are cached per folder + protocol + weights hash
 (`fid.cached_folder_statistics`). Fake images need not be written to disk;
 pass `eval_dir` to also save them as PNGs named after the source files.
+
+Multi-process (periodic FID inside a multi-host training run): every process
+edits and extracts features of its own share of each folder
+(`parallel.process_slice`) on its own devices; the statistics are combined
+across processes before the distance, so every process gets the same
+result. Edited images for `eval_dir` are gathered to the main process, the
+only one that writes files. Every process must call these functions.
 """
 
 from __future__ import annotations
@@ -89,7 +96,7 @@ def evaluate_fid_reference(edit_fn: EditFn, val_dir: str | os.PathLike,
     train_dir: `train/` with one folder per domain (real images).
     extractor: the FID feature extractor (`fid.make_extractor`).
     img_size: generator resolution; sources are PIL-bilinear resized to it.
-    batch_size: edit batch size.
+    batch_size: edit batch size on each process.
     cache_dir: where real-image statistics are cached (None: no cache).
     eval_dir: when given, edited images are also saved as
       `<eval_dir>/<src>2<trg>/<source stem>.png`.
@@ -111,6 +118,8 @@ def evaluate_fid_reference(edit_fn: EditFn, val_dir: str | os.PathLike,
   # Discover and check all files before spending time on the network.
   val_files = {d: fid_lib.list_images(val_dir / d, proto) for d in domains}
   results: dict[str, float] = {}
+  main = parallel.is_main_process()
+  nproc = parallel.process_count()
   for trg_idx, trg in enumerate(domains):
     mu_real, sigma_real, n_real = fid_lib.cached_folder_statistics(
         train_dir / trg, extractor, cache_dir, progress=progress)
@@ -118,53 +127,77 @@ def evaluate_fid_reference(edit_fn: EditFn, val_dir: str | os.PathLike,
       if src == trg:
         continue
       task = f'{src}2{trg}'
-      stats = fid_lib.StreamingStats()
       files = val_files[src]
-      bar = fid_lib._progress(len(files), task, progress)  # pylint: disable=protected-access
-      for chunk in _batches(files, batch_size):
-        x = image_io.load_images(chunk, img_size)  # [-1, 1], PIL bilinear
-        y = np.asarray(edit_fn(x, src_idx, trg_idx))
-        if y.shape[0] != x.shape[0] or y.ndim != 4:
-          raise ValueError(f'edit_fn returned shape {y.shape} for a batch of '
-                           f'{x.shape}')
-        u8 = fid_lib.quantize(y)
+      shares = [files[parallel.process_slice(len(files), p, nproc)]
+                for p in range(nproc)]
+      mine = shares[parallel.process_index()]
+      stats = fid_lib.StreamingStats(f'{val_dir / src} edited to {trg}')
+      bar = fid_lib._progress(len(mine), task, progress and main)  # pylint: disable=protected-access
+      # The same number of rounds on every process: the gather of the
+      # images to write is a collective.
+      rounds = -(-parallel.max_share(len(files)) // batch_size)
+      for r in range(rounds):
+        chunk = mine[r * batch_size:(r + 1) * batch_size]
+        u8 = np.zeros((batch_size, img_size, img_size, 3), np.uint8)
+        if chunk:
+          x = image_io.load_images(chunk, img_size)  # [-1, 1], PIL bilinear
+          y = np.asarray(edit_fn(x, src_idx, trg_idx))
+          if y.shape[0] != x.shape[0] or y.ndim != 4:
+            raise ValueError(f'edit_fn returned shape {y.shape} for a batch '
+                             f'of {x.shape}')
+          u8 = fid_lib.quantize(y)
+          fid_lib.images_statistics([u8], extractor, stats)
         if eval_dir is not None:
-          for f, im in zip(chunk, u8):
-            image_io.save_image(pathlib.Path(eval_dir) / task
-                                / f'{f.stem}.png', im)
-        fid_lib.images_statistics([u8], extractor, stats)
+          if u8.shape[0] < batch_size:
+            u8 = np.concatenate([u8, np.zeros(
+                (batch_size - u8.shape[0],) + u8.shape[1:], np.uint8)])
+          written = parallel.gather_to_main(u8, len(chunk))
+          if written is not None:
+            names = [f for share in shares
+                     for f in share[r * batch_size:(r + 1) * batch_size]]
+            for f, im in zip(names, written):
+              image_io.save_image(pathlib.Path(eval_dir) / task
+                                  / f'{f.stem}.png', im)
         if bar is not None:
           bar.update(len(chunk))
       if bar is not None:
         bar.close()
-      mu_fake, sigma_fake = stats.result()
-      value = fid_lib.frechet_distance(mu_fake, sigma_fake, mu_real,
-                                       sigma_real)
+      stats = stats.combine_processes(extractor.dim)
+      value = float('nan')
+      if main:  # the O(D^3) distance once, on the main process
+        mu_fake, sigma_fake = stats.result()
+        value = fid_lib.frechet_distance(mu_fake, sigma_fake, mu_real,
+                                         sigma_real)
+        real = f'{n_real} real' if n_real >= 0 else 'cached real'
+        log(f'{task}: FID {value:.4f} ({stats.n} edited vs {real} images, '
+            f'protocol {proto.name})')
       results[f'{KEY_PREFIX}/{task}'] = value
-      real = f'{n_real} real' if n_real >= 0 else 'cached real'
-      log(f'{task}: FID {value:.4f} ({stats.n} edited vs {real} images, '
-          f'protocol {proto.name})')
-  tasks = list(results.values())
-  results[f'{KEY_PREFIX}/mean'] = float(np.mean(tasks))
+  # Every process returns the main process's values.
+  values = parallel.broadcast_from_main(
+      np.asarray(list(results.values()), np.float64))
+  results = dict(zip(results, (float(v) for v in values)))
+  results[f'{KEY_PREFIX}/mean'] = float(np.mean(values))
   return results
 
 
 def make_edit_fn(variables: Mapping[str, Any], config: Any, *,
                  degree: float = 1.0, batch_size: int = 32,
                  mesh: jax.sharding.Mesh | None = None) -> EditFn:
-  """`edit_fn` from L2M-GAN variables: jitted, padded, sharded batches."""
+  """`edit_fn` from L2M-GAN variables on this process's devices.
+
+  Batches of `batch_size` (rounded up to the local device count) go through
+  `parallel.map_batches`: padded, split over the process-local mesh, edited
+  by the jitted `editing.edit`, unpadded.
+  """
   from l2m_jax import editing  # pylint: disable=g-import-not-at-top
-  mesh = mesh if mesh is not None else parallel.make_mesh()
-  ndev = mesh.devices.size
-  batch_size = -(-batch_size // ndev) * ndev
-  replicated = parallel.replicate(variables, mesh)
+  mesh = mesh if mesh is not None else parallel.local_mesh()
+  placed = parallel.replicate_local(variables, mesh)
 
   def edit_fn(images, src, trg):
-    padded, n = parallel.pad_to_multiple(np.asarray(images, np.float32),
-                                         batch_size)
-    out = editing.edit(replicated, parallel.shard_batch(padded, mesh), src,
-                       trg, degree, config=config)
-    return np.asarray(out)[:n]
+    fn = lambda v, x: editing.edit(v, x, src, trg, degree, config=config)  # pylint: disable=unnecessary-lambda-assignment
+    return parallel.map_batches(fn, np.asarray(images, np.float32),
+                                batch_size=batch_size, args=(placed,),
+                                mesh=mesh)
   return edit_fn
 
 
