@@ -128,8 +128,8 @@ def parse_args(argv=None):
                  help='photos (faces with --align) shown in grid.png, the '
                  'first ones (default 32)')
   p.add_argument('--strict', action='store_true',
-                 help='stop (exit 2) if any input is unreadable or not '
-                 'square instead of skipping it')
+                 help='stop (exit 2) if any input is unreadable or (without '
+                 '--align) not square instead of skipping it')
   p.add_argument('--no-progress', action='store_true',
                  help='no progress bar')
   p.add_argument('--overwrite', action='store_true')
