@@ -47,6 +47,8 @@ import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 import time  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from l2m_jax import face_photos  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(
@@ -71,28 +73,13 @@ def parse_args(argv=None):
                  help='stop (exit 2) if any input image is unreadable '
                  'instead of skipping it')
   g = p.add_argument_group('photos (--align)')
-  g.add_argument('--align', action='store_true',
-                 help='inputs are ordinary photos: detect every face, '
-                 'align, edit, paste the edits back')
-  g.add_argument('--detector', default=None,
-                 help='RetinaFace weights: mobilenet0.25_Final.pth or its '
-                 'converted directory (required with --align)')
-  g.add_argument('--max-faces', type=int, default=None,
-                 help='edit at most this many faces per photo, highest '
-                 'detection score first (default: all)')
+  face_photos.add_align_arguments(
+      g, 'inputs are ordinary photos: detect every face, align, edit, '
+      'paste the edits back')
   g.add_argument('--align-style', choices=('celebahq', 'ffhq'),
                  default='celebahq',
                  help='crop: celebahq (L2M-GAN training data, default) or '
                  'ffhq')
-  g.add_argument('--min-score', type=float, default=0.6,
-                 help='detection score that counts as a face (default 0.6, '
-                 'as RetinaFace detect.py)')
-  g.add_argument('--detect-max-size', type=int, default=None,
-                 help='detect on a copy whose longer side is at most this '
-                 'many pixels (default: full size)')
-  g.add_argument('--feather', type=float, default=0.1,
-                 help='width of the paste-back blend ramp, as a fraction of '
-                 'the crop side (default 0.1)')
   g.add_argument('--no-progress', action='store_true',
                  help='no progress bar')
   return p.parse_args(argv)
@@ -115,21 +102,10 @@ def main(argv=None) -> int:
   for a in args.degrees:
     if not np.isfinite(a):
       return _fail(f'--degrees must be finite numbers, got {a}')
-  if args.align:
-    if args.detector is None:
-      return _fail('--align needs --detector (mobilenet0.25_Final.pth or '
-                   'its converted directory)')
-    if args.max_faces is not None and args.max_faces < 1:
-      return _fail(f'--max-faces must be >= 1, got {args.max_faces}')
-    if not 0 < args.feather <= 0.5:
-      return _fail(f'--feather must be in (0, 0.5], got {args.feather}')
-    if not 0 <= args.min_score <= 1:
-      return _fail(f'--min-score must be in [0, 1], got {args.min_score}')
-    if args.detect_max_size is not None and args.detect_max_size < 32:
-      return _fail('--detect-max-size must be >= 32, got '
-                   f'{args.detect_max_size}')
-  elif args.detector is not None or args.max_faces is not None:
-    return _fail('--detector / --max-faces need --align')
+  try:
+    face_photos.check_align_arguments(args)
+  except ValueError as e:
+    return _fail(str(e))
 
   # Inputs.
   inp = pathlib.Path(args.input)
@@ -221,11 +197,9 @@ def main(argv=None) -> int:
 
 def _edit_photos(args, paths, variables, config, source, target) -> int:
   """`--align`: detect, align, edit and paste back, photo by photo."""
-  import json  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  from l2m_jax import editing, face_photos, image_io  # pylint: disable=g-import-not-at-top
+  from l2m_jax import editing, image_io  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import retinaface as rf_convert  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
 
@@ -240,35 +214,14 @@ def _edit_photos(args, paths, variables, config, source, target) -> int:
                    + ', '.join(p for p, _ in bad))
   out_dir = pathlib.Path(args.out)
   degrees = np.asarray(args.degrees, np.float32)
-  stems = [p.stem for p in paths]
-  if len(set(stems)) != len(stems):
-    stems = [f'{i:04d}_{n}' for i, n in enumerate(stems)]
-  records, rows, skipped = [], [], 0
+  rows = []
   bs = args.batch_size
-  bar = tqdm(list(zip(paths, stems)), unit='photo', desc='photos',
-             disable=args.no_progress, file=sys.stderr)
-  for path, stem in bar:
-    try:
-      photo = np.asarray(image_io.open_rgb(path))
-    except image_io.ImageReadError as e:
-      tqdm.write(f'warning: skipping {e.path}: {e.reason}', file=sys.stderr)
-      records.append({'file': str(path), 'error': e.reason})
-      skipped += 1
-      continue
-    faces = face_photos.extract_faces(
-        detector, [photo], style=args.align_style, max_faces=args.max_faces,
-        max_size=args.detect_max_size, score_threshold=args.min_score,
-        names=[str(path)])[0]
-    record = {'file': str(path), 'size': [photo.shape[1], photo.shape[0]],
-              'faces': [f.to_json() for f in faces]}
-    records.append(record)
-    if not faces:
-      msg = (f'{path}: no face found (no detection with score >= '
-             f'{args.min_score}); photo skipped')
-      tqdm.write(f'warning: {msg}', file=sys.stderr)
-      record['error'] = 'no face found'
-      skipped += 1
-      continue
+  run = face_photos.PhotoRun(
+      detector, paths, style=args.align_style, max_faces=args.max_faces,
+      min_score=args.min_score, detect_max_size=args.detect_max_size,
+      feather=args.feather, progress=not args.no_progress)
+  for photo in run:
+    faces = photo.faces
     x = np.stack([image_io.pil_to_array(Image.fromarray(f.crop),
                                         config.img_size) for f in faces])
     # Batches of a power of two up to --batch-size (the last one padded):
@@ -284,33 +237,28 @@ def _edit_photos(args, paths, variables, config, source, target) -> int:
                                config=config)
       edited.append(np.asarray(out)[:, :n])
     edited = image_io.to_uint8(np.concatenate(edited, axis=1))  # [D, F, ...]
-    for k in range(len(faces)):
-      name = f'{stem}_face{k}.png'
-      image_io.save_image(out_dir / 'aligned' / name, x[k])
+    for k, name in enumerate(photo.face_names()):
+      image_io.save_image(out_dir / 'aligned' / f'{name}.png', x[k])
       for d, a in enumerate(args.degrees):
-        image_io.save_image(out_dir / f'degree_{a:g}' / 'aligned' / name,
-                            edited[d, k])
+        image_io.save_image(
+            out_dir / f'degree_{a:g}' / 'aligned' / f'{name}.png',
+            edited[d, k])
       rows.append(np.concatenate([image_io.to_uint8(x[k])[None],
                                   edited[:, k]]))
-    for d, a in enumerate(args.degrees):
-      result = face_photos.paste_faces(photo, list(edited[d]), faces,
-                                       feather=args.feather)
-      image_io.save_image(out_dir / f'degree_{a:g}' / f'{stem}.png', result)
-  bar.close()
+    run.finish(photo, {out_dir / f'degree_{a:g}' / f'{photo.name}.png':
+                       edited[d] for d, a in enumerate(args.degrees)})
+  run.close()
 
-  out_dir.mkdir(parents=True, exist_ok=True)
-  with open(out_dir / 'faces.json', 'w') as f:
-    json.dump({'detector': str(args.detector), 'style': args.align_style,
-               'min_score': args.min_score, 'degrees': list(args.degrees),
-               'photos': records}, f, indent=1)
+  run.write_json(out_dir / 'faces.json', detector=str(args.detector),
+                 degrees=list(args.degrees))
   if rows:
     image_io.save_image(out_dir / 'grid.png',
                         image_io.make_grid(np.stack(rows)))
-  n_faces = len(rows)
-  print(f'edited {n_faces} face(s) in {len(paths) - skipped} photo(s); wrote '
-        f'{out_dir} (faces.json, grid.png, aligned/, degree_*/)')
-  if skipped:
-    print(f'{skipped} photo(s) skipped (unreadable or no face)',
+  print(f'edited {run.edited_faces} face(s) in {run.edited_photos} '
+        f'photo(s); wrote {out_dir} (faces.json, grid.png, aligned/, '
+        'degree_*/)')
+  if run.skipped:
+    print(f'{len(run.skipped)} photo(s) skipped (unreadable or no face)',
           file=sys.stderr)
     return 1
   return 0

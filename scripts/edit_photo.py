@@ -6,9 +6,9 @@
       --arcface converted/arcface --classifier converted/branched_tiny \
       --strengths 1 2 --out edits/
 
-Inputs must be aligned, FFHQ-style square face crops (.png/.jpg/.jpeg; the
-pipeline aligns nothing). Each photo is resized to 256 x 256 (PIL bilinear,
-as ReStyle's transform), inverted into W+ with ReStyle-e4e (--n-iters
+Without --align, inputs must be aligned, FFHQ-style square face crops
+(.png/.jpg/.jpeg). Each photo is resized to 256 x 256 (PIL bilinear, as
+ReStyle's transform), inverted into W+ with ReStyle-e4e (--n-iters
 refinement steps, default 5), edited with the mapper (legacy: one attribute's
 boundary pre-shift, one column per --strengths value; paper: an
 attribute-change vector --delta / --delta-file scaled by each strength), and
@@ -28,10 +28,37 @@ Writes to --out:
                        on the photo, the reconstruction and every edit;
                        plus the skipped inputs and the settings.
 
+Ordinary photos (--align): a face anywhere in the frame, tilted, any size,
+several faces.
+
+  python scripts/edit_photo.py --align \
+      --detector mobilenet0.25_Final.pth --images photos/ ... --out edits/
+
+Every face is detected with RetinaFace (--detector: the user's own copy of
+the released mobilenet0.25_Final.pth, or its conversion by
+scripts/convert_checkpoint.py --format retinaface; nothing is downloaded),
+at most --max-faces per photo by score; each is aligned to a 1024 px
+FFHQ-style crop (NVlabs/ffhq-dataset procedure), which then goes through the
+steps above as an aligned input would; every render is warped back into the
+photo with a feathered mask (--feather), pixels outside the faces staying
+bit-identical. Everything above is then per face, named <stem>_face<k>
+(latents.npy rows, images/, grid rows, metrics.json entries), and also:
+  aligned/<stem>_face<k>.png      the aligned 1024 px crops (feeding this
+                                  folder to the command without --align
+                                  gives the same edits)
+  composites/<stem>_reconstruction.png, composites/<stem>_s<strength>.png
+                                  the whole photo with every face replaced
+                                  by its reconstruction / edit
+  faces.json                      per photo: size and, per face, box,
+                                  5 landmarks, score and the crop's quad in
+                                  the photo
+A photo without a face is reported by name and skipped.
+
 --arcface and --classifier are optional; without them the corresponding
-metrics are left out. Unreadable, corrupt or non-square images are reported
-(path and reason) and skipped; --strict stops instead. Exit status: 0 when
-every photo was edited, 1 when some were skipped, 2 on usage errors.
+metrics are left out. Unreadable or corrupt images (and, without --align,
+non-square ones) are reported (path and reason) and skipped; --strict stops
+instead. Exit status: 0 when every photo was edited, 1 when some were
+skipped, 2 on usage errors.
 """
 
 import os
@@ -44,16 +71,18 @@ import json  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 import time  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from l2m_jax import face_photos  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(
       description='Invert aligned face photos with ReStyle-e4e, edit them '
       'with a Latent-To-Latent mapper and measure identity and attributes. '
-      'Inputs must already be aligned FFHQ-style square face crops: nothing '
-      'is aligned here.')
+      'Inputs must be aligned FFHQ-style square face crops, or, with '
+      '--align, ordinary photos whose faces are detected and aligned.')
   p.add_argument('--images', required=True,
                  help='an aligned face photo or a folder of them '
-                 '(.png/.jpg/.jpeg)')
+                 '(.png/.jpg/.jpeg); any photos with --align')
   p.add_argument('--encoder', required=True,
                  help='converted ReStyle-e4e folder (convert_latent.py '
                  'encoder)')
@@ -85,8 +114,8 @@ def parse_args(argv=None):
                  'unofficial code); paper: multipliers of the delta vector '
                  '(default 1)')
   p.add_argument('--batch-size', type=int, default=4,
-                 help='photos per compiled call, rounded up to a multiple of '
-                 'the device count (default 4)')
+                 help='photos (faces with --align) per compiled call, '
+                 'rounded up to a multiple of the device count (default 4)')
   p.add_argument('--num-devices', type=int, default=None,
                  help='local devices to split batches over (default: all)')
   p.add_argument('--noise', choices=('const', 'random', 'none'),
@@ -96,13 +125,18 @@ def parse_args(argv=None):
   p.add_argument('--grid-size', type=int, default=256,
                  help='cell size of grid.png in pixels (default 256)')
   p.add_argument('--grid-rows', type=int, default=32,
-                 help='photos shown in grid.png, the first ones (default 32)')
+                 help='photos (faces with --align) shown in grid.png, the '
+                 'first ones (default 32)')
   p.add_argument('--strict', action='store_true',
-                 help='stop (exit 2) if any input is unreadable or not '
-                 'square instead of skipping it')
+                 help='stop (exit 2) if any input is unreadable or (without '
+                 '--align) not square instead of skipping it')
   p.add_argument('--no-progress', action='store_true',
                  help='no progress bar')
   p.add_argument('--overwrite', action='store_true')
+  g = p.add_argument_group('photos (--align)')
+  face_photos.add_align_arguments(
+      g, 'inputs are ordinary photos: detect every face, align it '
+      'FFHQ-style, edit, paste the renders back')
   return p.parse_args(argv)
 
 
@@ -208,6 +242,144 @@ def _cells(images, size, resize):
                                                (size, size)))
 
 
+class _Editor:
+  """Inverts, edits, renders, scores and writes batches of 256 px inputs.
+
+  Collects what goes into latents.npy, edited_latents.npy, grid.png and
+  metrics.json over the batches.
+  """
+
+  def __init__(self, pe, args, out, strengths, edit_kw, attrs):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from l2m_jax import image_io  # pylint: disable=g-import-not-at-top
+    from l2m_jax.models import resize  # pylint: disable=g-import-not-at-top
+    self.np, self.image_io, self.resize = np, image_io, resize
+    self.pe, self.args, self.out = pe, args, out
+    self.strengths, self.edit_kw, self.attrs = strengths, edit_kw, attrs
+    self.codes, self.edited, self.grid_rows, self.records = [], [], [], []
+
+  def __call__(self, x, names, records):
+    """Edits photos x [m, 256, 256, 3]; returns (recon, edits [m, S, ...]).
+
+    `records` are the metrics.json entries to complete, one per photo.
+    """
+    np, image_io, pe = self.np, self.image_io, self.pe
+    strengths, attrs, out = self.strengths, self.attrs, self.out
+    m, s = len(x), len(strengths)
+    codes = pe.invert(x, self.args.n_iters)
+    edited = pe.edit_latents(codes, strengths=strengths, **self.edit_kw)
+    recon = pe.render(codes)
+    edits = pe.render(edited.reshape((m * s,) + edited.shape[2:]))
+    edits = edits.reshape((m, s) + edits.shape[1:])
+    ids = scores = None
+    if pe.identity is not None:
+      e_photo = pe.identity.embed(x)
+      e_rec = pe.identity.embed(recon)
+      e_edit = pe.identity.embed(edits.reshape((m * s,) + edits.shape[2:]))
+      e_edit = e_edit.reshape(m, s, -1)
+      ids = (np.sum(e_photo * e_rec, -1),
+             np.einsum('nd,nsd->ns', e_photo, e_edit),
+             np.einsum('nd,nsd->ns', e_rec, e_edit))
+    if pe.attributes is not None and attrs:
+      scores = (pe.attributes.attribute_scores(x, attrs),
+                pe.attributes.attribute_scores(recon, attrs),
+                pe.attributes.attribute_scores(
+                    edits.reshape((m * s,) + edits.shape[2:]),
+                    attrs).reshape(m, s, -1))
+    for i in range(m):
+      name = names[i]
+      image_io.save_image(out / 'images' / f'{name}_reconstruction.png',
+                          recon[i])
+      for j, st in enumerate(strengths):
+        image_io.save_image(out / 'images' / f'{name}_s{_fmt(st)}.png',
+                            edits[i, j])
+      rec = records[i]
+      if ids is not None:
+        rec['reconstruction'] = dict(identity_to_photo=float(ids[0][i]))
+      edits_rec = []
+      for j, st in enumerate(strengths):
+        e = dict(strength=float(st))
+        if ids is not None:
+          e['identity_to_photo'] = float(ids[1][i, j])
+          e['identity_to_reconstruction'] = float(ids[2][i, j])
+        if scores is not None:
+          e['attributes'] = {
+              a: dict(photo=float(scores[0][i, k]),
+                      reconstruction=float(scores[1][i, k]),
+                      edit=float(scores[2][i, j, k]))
+              for k, a in enumerate(attrs)}
+        edits_rec.append(e)
+      rec['edits'] = edits_rec
+      self.records.append(rec)
+    k = min(m, self.args.grid_rows - sum(len(r) for r in self.grid_rows))
+    if k > 0:
+      gs = self.args.grid_size
+      row = np.concatenate([
+          _cells(x[:k], gs, self.resize)[:, None],
+          _cells(recon[:k], gs, self.resize)[:, None],
+          _cells(edits[:k].reshape((k * s,) + edits.shape[2:]), gs,
+                 self.resize).reshape((k, s, gs, gs, 3))], axis=1)
+      self.grid_rows.append(image_io.to_uint8(row))
+    self.codes.append(codes)
+    self.edited.append(edited)
+    return recon, edits
+
+  def save(self):
+    """Writes latents.npy, edited_latents.npy and grid.png (if any edit)."""
+    np = self.np
+    if not self.codes:
+      return
+    np.save(self.out / 'latents.npy', np.concatenate(self.codes))
+    np.save(self.out / 'edited_latents.npy', np.concatenate(self.edited))
+    self.image_io.save_image(
+        self.out / 'grid.png',
+        self.image_io.make_grid(np.concatenate(self.grid_rows)))
+
+
+def _edit_aligned(run, editor, out, batch_size):
+  """--align: every face of every photo through `editor`, in batches of
+  `batch_size` faces across photos; each photo's composites are written
+  once all its faces are done."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from l2m_jax import image_io  # pylint: disable=g-import-not-at-top
+  from l2m_jax.models import restyle  # pylint: disable=g-import-not-at-top
+  pending = []  # (photo, face index, input [256, 256, 3])
+  done = {}  # photo name -> [(recon, edits [S, ...]) or None per face]
+  strengths = editor.strengths
+
+  def flush():
+    recon, edits = editor(
+        np.stack([x for _, _, x in pending]),
+        [photo.face_names()[k] for photo, k, _ in pending],
+        [dict(file=str(photo.path), name=photo.face_names()[k],
+              photo=photo.name, face=k) for photo, k, _ in pending])
+    for (photo, k, _), r, e in zip(pending, recon, edits):
+      slots = done[photo.name]
+      slots[k] = (image_io.to_uint8(r), image_io.to_uint8(e))
+      if all(v is not None for v in slots):
+        composites = {out / 'composites' / f'{photo.name}_reconstruction.png':
+                      [v[0] for v in slots]}
+        for j, st in enumerate(strengths):
+          composites[out / 'composites' / f'{photo.name}_s{_fmt(st)}.png'] = [
+              v[1][j] for v in slots]
+        run.finish(photo, composites)
+        del done[photo.name]
+    pending.clear()
+
+  for photo in run:
+    done[photo.name] = [None] * len(photo.faces)
+    for k, (face, name) in enumerate(zip(photo.faces, photo.face_names())):
+      image_io.save_image(out / 'aligned' / f'{name}.png', face.crop)
+      pending.append((photo, k, image_io.pil_to_array(
+          Image.fromarray(face.crop), restyle.INPUT_SIZE)))
+      if len(pending) == batch_size:
+        flush()
+  if pending:
+    flush()
+  run.close()
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -215,9 +387,9 @@ def main(argv=None) -> int:
   from l2m_jax import image_io  # pylint: disable=g-import-not-at-top
   from l2m_jax import latent_editing as le  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import mapper as cm  # pylint: disable=g-import-not-at-top
+  from l2m_jax.convert import retinaface as rf_convert  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
   from l2m_jax.models import branched_tiny  # pylint: disable=g-import-not-at-top
-  from l2m_jax.models import resize  # pylint: disable=g-import-not-at-top
   from l2m_jax.models import restyle  # pylint: disable=g-import-not-at-top
 
   out = pathlib.Path(args.out)
@@ -230,6 +402,10 @@ def main(argv=None) -> int:
         raise UsageError(f'{flag} {v}: must be >= {lo}')
     if args.strengths and not all(np.isfinite(args.strengths)):
       raise UsageError(f'--strengths must be finite, got {args.strengths}')
+    try:
+      face_photos.check_align_arguments(args)
+    except ValueError as e:
+      raise UsageError(str(e)) from None
     if out.exists() and any(out.iterdir()) and not args.overwrite:
       raise FileExistsError(f'{out}: exists and is not empty (pass '
                             '--overwrite)')
@@ -237,15 +413,26 @@ def main(argv=None) -> int:
     for p in others:
       print(f'note: ignoring {p}: not an image file '
             f'({", ".join(image_io.IMAGE_EXTENSIONS)})', file=sys.stderr)
-    photos, kept, names, skipped = _read_photos(paths, image_io,
-                                                restyle.INPUT_SIZE)
-    for s in skipped:
-      print(f'warning: skipping {s["file"]}: {s["reason"]}', file=sys.stderr)
-    if skipped and args.strict:
-      raise UsageError(f'{len(skipped)} unusable image(s) (--strict): '
-                       + ', '.join(s['file'] for s in skipped))
-    if photos is None:
-      raise UsageError(f'{args.images}: no readable square image')
+    if args.align:
+      # Photos are read one by one as the run goes; --strict checks them all
+      # before anything runs.
+      bad = image_io.find_unreadable(paths) if args.strict else []
+      if bad:
+        raise UsageError(f'{len(bad)} unreadable image(s) (--strict): '
+                         + ', '.join(p for p, _ in bad))
+      n_inputs = f'{len(paths)} photo(s)'
+    else:
+      photos, kept, names, skipped = _read_photos(paths, image_io,
+                                                  restyle.INPUT_SIZE)
+      for s in skipped:
+        print(f'warning: skipping {s["file"]}: {s["reason"]}',
+              file=sys.stderr)
+      if skipped and args.strict:
+        raise UsageError(f'{len(skipped)} unusable image(s) (--strict): '
+                         + ', '.join(s['file'] for s in skipped))
+      if photos is None:
+        raise UsageError(f'{args.images}: no readable square image')
+      n_inputs = f'{len(names)} photo(s)'
 
     # The edit settings first (the mapper is small): mistakes there are
     # reported before the large networks load.
@@ -253,6 +440,12 @@ def main(argv=None) -> int:
     mode, edit_kw, strengths, attrs, settings = _edit_settings(
         args, mapper, le, cm)
     attrs = [a for a in attrs if a in branched_tiny.ATTRIBUTES]
+    detector = None
+    if args.align:
+      try:
+        detector, _ = rf_convert.load_retinaface(args.detector)
+      except (FileNotFoundError, ValueError, t2f.ConversionError) as e:
+        raise UsageError(f'--detector: {e}') from None
     mesh = None
     if args.num_devices is not None:
       from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
@@ -271,94 +464,55 @@ def main(argv=None) -> int:
             file=sys.stderr)
     print(f'loaded encoder, {pe.editor.generator.size} px generator and '
           f'mapper in {time.time() - t0:.1f}s; mode {mode}, strengths '
-          f'{strengths}, {len(names)} photo(s), {args.n_iters} ReStyle '
+          f'{strengths}, {n_inputs}, {args.n_iters} ReStyle '
           'iteration(s)', flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
-    n, s = len(names), len(strengths)
-    codes_all, edited_all, grid_rows, records = [], [], [], []
+    editor = _Editor(pe, args, out, strengths, edit_kw, attrs)
     bs = pe.editor.batch_size
-    bar = tqdm(total=n, unit='photo', desc='photos',
-               disable=args.no_progress)
     t0 = time.time()
-    for start in range(0, n, bs):
-      x = photos[start:start + bs]
-      m = len(x)
-      codes = pe.invert(x, args.n_iters)
-      edited = pe.edit_latents(codes, strengths=strengths, **edit_kw)
-      recon = pe.render(codes)
-      edits = pe.render(edited.reshape((m * s,) + edited.shape[2:]))
-      edits = edits.reshape((m, s) + edits.shape[1:])
-      ids = scores = None
-      if pe.identity is not None:
-        e_photo = pe.identity.embed(x)
-        e_rec = pe.identity.embed(recon)
-        e_edit = pe.identity.embed(edits.reshape((m * s,) + edits.shape[2:]))
-        e_edit = e_edit.reshape(m, s, -1)
-        ids = (np.sum(e_photo * e_rec, -1),
-               np.einsum('nd,nsd->ns', e_photo, e_edit),
-               np.einsum('nd,nsd->ns', e_rec, e_edit))
-      if pe.attributes is not None and attrs:
-        scores = (pe.attributes.attribute_scores(x, attrs),
-                  pe.attributes.attribute_scores(recon, attrs),
-                  pe.attributes.attribute_scores(
-                      edits.reshape((m * s,) + edits.shape[2:]),
-                      attrs).reshape(m, s, -1))
-      for i in range(m):
-        name = names[start + i]
-        image_io.save_image(out / 'images' / f'{name}_reconstruction.png',
-                            recon[i])
-        for j, st in enumerate(strengths):
-          image_io.save_image(out / 'images' / f'{name}_s{_fmt(st)}.png',
-                              edits[i, j])
-        rec = dict(file=str(kept[start + i]), name=name)
-        if ids is not None:
-          rec['reconstruction'] = dict(identity_to_photo=float(ids[0][i]))
-        edits_rec = []
-        for j, st in enumerate(strengths):
-          e = dict(strength=float(st))
-          if ids is not None:
-            e['identity_to_photo'] = float(ids[1][i, j])
-            e['identity_to_reconstruction'] = float(ids[2][i, j])
-          if scores is not None:
-            e['attributes'] = {
-                a: dict(photo=float(scores[0][i, k]),
-                        reconstruction=float(scores[1][i, k]),
-                        edit=float(scores[2][i, j, k]))
-                for k, a in enumerate(attrs)}
-          edits_rec.append(e)
-        rec['edits'] = edits_rec
-        records.append(rec)
-      k = min(m, args.grid_rows - start)
-      if k > 0:
-        gs = args.grid_size
-        row = np.concatenate([
-            _cells(x[:k], gs, resize)[:, None],
-            _cells(recon[:k], gs, resize)[:, None],
-            _cells(edits[:k].reshape((k * s,) + edits.shape[2:]), gs,
-                   resize).reshape((k, s, gs, gs, 3))], axis=1)
-        grid_rows.append(image_io.to_uint8(row))
-      codes_all.append(codes)
-      edited_all.append(edited)
-      bar.update(m)
-    bar.close()
+    if args.align:
+      run = face_photos.PhotoRun(
+          detector, paths, style='ffhq', output_size=1024,
+          max_faces=args.max_faces, min_score=args.min_score,
+          detect_max_size=args.detect_max_size, feather=args.feather,
+          progress=not args.no_progress)
+      _edit_aligned(run, editor, out, bs)
+      skipped = run.skipped
+      run.write_json(out / 'faces.json', detector=str(args.detector))
+    else:
+      bar = tqdm(total=len(names), unit='photo', desc='photos',
+                 disable=args.no_progress)
+      for start in range(0, len(names), bs):
+        x = photos[start:start + bs]
+        editor(x, names[start:start + bs],
+               [dict(file=str(kept[start + i]), name=names[start + i])
+                for i in range(len(x))])
+        bar.update(len(x))
+      bar.close()
     elapsed = time.time() - t0
-    np.save(out / 'latents.npy', np.concatenate(codes_all))
-    np.save(out / 'edited_latents.npy', np.concatenate(edited_all))
-    image_io.save_image(out / 'grid.png',
-                        image_io.make_grid(np.concatenate(grid_rows)))
+    editor.save()
+    align_settings = {}
+    if args.align:
+      align_settings = dict(align=True, detector=str(args.detector),
+                            max_faces=args.max_faces,
+                            min_score=args.min_score,
+                            detect_max_size=args.detect_max_size,
+                            feather=args.feather)
     metrics = dict(
         settings=dict(mode=mode, strengths=[float(v) for v in strengths],
                       n_iters=args.n_iters, noise=args.noise,
                       encoder=args.encoder, mapper=args.mapper,
                       arcface=args.arcface, classifier=args.classifier,
-                      edited_attributes=attrs, **settings),
-        images=records, skipped=skipped,
+                      edited_attributes=attrs, **align_settings, **settings),
+        images=editor.records, skipped=skipped,
         ignored=[str(p) for p in others],
         seconds=elapsed)
     with open(out / 'metrics.json', 'w') as f:
       json.dump(metrics, f, indent=1)
-    print(f'edited {n} photo(s) x {s} strength(s) in {elapsed:.1f}s '
+    what = (f'{len(editor.records)} face(s) in {run.edited_photos} photo(s)'
+            if args.align else f'{len(editor.records)} photo(s)')
+    print(f'edited {what} x {len(strengths)} strength(s) in {elapsed:.1f}s '
           f'(includes compilation); wrote {out}')
   except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,
           t2f.ConversionError) as e:

@@ -9,6 +9,8 @@ included - maps to the composite through `apply(A, p)` exactly.
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 from PIL import Image
 import scipy.ndimage
@@ -91,3 +93,23 @@ def mean_landmark_error(found: np.ndarray, truth: np.ndarray) -> float:
   """Mean point distance over the 5 landmarks / inter-ocular distance."""
   iod = np.hypot(*(truth[1] - truth[0]))
   return float(np.mean(np.hypot(*(found - truth).T)) / iod)
+
+
+def save_blind_detector(path: pathlib.Path) -> pathlib.Path:
+  """Saves an upstream-format RetinaFace .pth that never finds a face.
+
+  The in-house torch RetinaFace (third_party) with random weights and a
+  class head biased to 'background', wrapped as {'state_dict': ...} with a
+  `module.` prefix as upstream's training script saves it.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  from third_party import retinaface_torch  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  net = retinaface_torch.RetinaFace().eval()
+  with torch.no_grad():
+    for head in net.ClassHead:
+      head.conv1x1.weight.zero_()
+      head.conv1x1.bias.copy_(torch.tensor([10.0, -10.0, 10.0, -10.0]))
+  torch.save({'state_dict': {f'module.{k}': v for k, v in
+                             net.state_dict().items()}}, path)
+  return path

@@ -12,7 +12,6 @@ import pathlib
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from l2m_jax import alignment
@@ -21,7 +20,6 @@ from l2m_jax.convert import retinaface as convert_rf
 from tests import face_composites as fc
 from tests import l2m_checkpoints as lc
 from tests.conftest import FIXTURES
-from third_party import retinaface_torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WEIGHTS = FIXTURES / 'face_detection' / 'mobilenet0.25_Final.pth'
@@ -50,16 +48,7 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope='module')
 def blind_detector(tmp_path_factory):
   """Upstream-format .pth whose class head never says 'face'."""
-  torch.manual_seed(0)
-  net = retinaface_torch.RetinaFace().eval()
-  with torch.no_grad():
-    for head in net.ClassHead:
-      head.conv1x1.weight.zero_()
-      head.conv1x1.bias.copy_(torch.tensor([10.0, -10.0, 10.0, -10.0]))
-  path = tmp_path_factory.mktemp('det') / 'blind.pth'
-  torch.save({'state_dict': {f'module.{k}': v for k, v in
-                             net.state_dict().items()}}, path)
-  return path
+  return fc.save_blind_detector(tmp_path_factory.mktemp('det') / 'blind.pth')
 
 
 def test_no_face_photos_are_reported_not_fatal(tmp_path, capsys, model_dir,
