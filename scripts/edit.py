@@ -104,6 +104,8 @@ def main(argv=None) -> int:
   print(f'model: img_size {config.img_size}, domains {list(config.domains)}, '
         f'w_hpf {config.w_hpf}; editing {config.domains[source]} -> '
         f'{config.domains[target]} at degrees {args.degrees}', flush=True)
+  for w in editing.input_warnings(config, paths):
+    print(f'warning: {w}', file=sys.stderr)
 
   # Read images; report unreadable ones.
   images, names, bad = [], [], []
