@@ -23,7 +23,8 @@ Stages (one progress line each, an ETA while training):
      weights), each next to the same metric of the exact counterfactual
      (each face re-rendered with the attribute flipped).
   6. Writes <workdir>/metrics.json, <workdir>/demo_grid.png (rows = sources;
-     columns = source, one column per degree, the exact counterfactual) and
+     columns = source, one column per degree, the exact counterfactual), the
+     same grid enlarged 4x (nearest-neighbour) as demo_grid_large.png, and
      <workdir>/edits.npz (the quantised edits the metrics were computed on).
 
 Stages 1-4 are reused when <workdir> already holds their output for the same
@@ -61,6 +62,7 @@ _VERBOSE = flags.DEFINE_bool('verbose', False,
                              'Show library INFO logs (orbax, clu, TF).')
 
 NUM_STAGES = 6
+GRID_ZOOM = 4  # demo_grid_large.png: nearest-neighbour enlargement
 SYNTHETIC_DATA = 'synthetic_faces'
 
 
@@ -368,8 +370,8 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
   timings['metrics_s'] = time.time() - t
 
   # 6. Outputs.
-  _say(f'6/{NUM_STAGES} outputs: metrics.json, demo_grid.png, edits.npz, '
-       'TensorBoard scalars')
+  _say(f'6/{NUM_STAGES} outputs: metrics.json, demo_grid.png (and x'
+       f'{GRID_ZOOM} demo_grid_large.png), edits.npz, TensorBoard scalars')
   n = min(int(d.grid_sources), len(x))
   # Alternate domains so both edit directions show.
   order = np.concatenate([np.nonzero(y == 0)[0][:n // 2 + n % 2],
@@ -380,6 +382,10 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
   grid = image_io.make_grid(np.transpose(cols, (1, 0, 2, 3, 4)))
   from PIL import Image  # pylint: disable=g-import-not-at-top
   Image.fromarray(grid).save(work / 'demo_grid.png')
+  # The same grid enlarged GRID_ZOOM times, nearest-neighbour, so that the
+  # 32-px tiles can be seen pixel by pixel (docs/demo.md shows this one).
+  big = np.repeat(np.repeat(grid, GRID_ZOOM, axis=0), GRID_ZOOM, axis=1)
+  Image.fromarray(big).save(work / 'demo_grid_large.png')
   np.savez_compressed(work / 'edits.npz', edits=sweep_u8,
                       degrees=np.asarray(degrees, np.float32),
                       source_labels=y, counterfactuals=exact_u8,
@@ -447,7 +453,8 @@ def summary_lines(metrics: dict, work: pathlib.Path) -> list[str]:
       f'grid:    {work / "demo_grid.png"} (rows: sources; columns: source, '
       'degrees ' + ', '.join(f'{a:g}' for a in sorted(
           float(k.split('=')[1]) for k in e if k.startswith('degree='))) +
-      ', exact counterfactual)',
+      f', exact counterfactual); x{GRID_ZOOM}: '
+      f'{work / "demo_grid_large.png"}',
       f'This is a {metrics["image_size"]} px model of the generated cartoon '
       'faces, not of photos; for photos convert the official checkpoint '
       '(docs/editing.md).',

@@ -94,6 +94,11 @@ def _check_outputs(work, config, metrics):
   assert on_disk['edits']['fid']['status'] == 'skipped'  # no Inception here
   # Grid: rows = sources; columns = source, degrees, counterfactual.
   grid = np.asarray(Image.open(work / 'demo_grid.png'))
+  big = np.asarray(Image.open(work / 'demo_grid_large.png'))
+  z = demo.GRID_ZOOM
+  assert z >= 4 and big.shape == (grid.shape[0] * z, grid.shape[1] * z, 3)
+  np.testing.assert_array_equal(big[::z, ::z], grid)  # nearest-neighbour:
+  np.testing.assert_array_equal(big[z - 1::z, z - 1::z], grid)  # flat blocks
   pad = 2
   n_rows = config.demo.grid_sources
   cols = 2 + len(degrees)
