@@ -27,8 +27,9 @@ Stages (one progress line each, an ETA while training):
      same grid enlarged 4x (nearest-neighbour) as demo_grid_large.png, and
      <workdir>/edits.npz (the quantised edits the metrics were computed on).
 
-Stages 1-4 are reused when <workdir> already holds their output for the same
-settings, so a rerun only repeats what changed. Library INFO logging
+Stages 1-3 are reused when <workdir> already holds their output for the same
+settings; stage 4 resumes from the latest checkpoint in <workdir>/train (use a
+fresh workdir when changing training settings). Library INFO logging
 (orbax, clu, TensorFlow, parameter tables) is off unless --verbose.
 """
 
@@ -495,8 +496,8 @@ def run_demo(config, workdir: str) -> dict:
 
   total = int(config.total_iters)
   _say(f'4/{NUM_STAGES} training L2M-GAN: {total} steps, batch '
-       f'{config.batch_size}; compiling the training step first (about a '
-       f'minute on 2 cores); TensorBoard: {work / "train"}')
+       f'{config.batch_size}; compiling the training step first (a minute '
+       f'or two on an idle 2-core CPU); TensorBoard: {work / "train"}')
   t = time.time()
   train_l2m.train_and_evaluate(config, str(work / 'train'),
                                hooks=(Progress('training', total),))
