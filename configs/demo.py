@@ -1,9 +1,9 @@
 """The one-command demo: generated faces, a small L2M-GAN, editing metrics.
 
 Derives from configs/l2m_celebahq.py (the paper settings) and shrinks it to
-32-px generated faces and narrow networks so that the whole demo (data, the
-two helper networks, the GAN training, metrics) fits in 10 minutes on a
-quiet 2-core CPU (docs/demo.md has the measured run). Run:
+32-px generated faces and narrow networks, sized for a whole demo (data, the
+two helper networks, the GAN training, metrics) within 10 minutes on a quiet
+2-core CPU (docs/demo.md: how it is measured). Run:
 
   python -m l2m_jax.demo --workdir=runs/demo
 
