@@ -143,7 +143,8 @@ def edit_sweep(variables: Mapping[str, Any], images: jax.Array,
 
 # Inputs more than this many times the model's side are "far larger".
 LARGE_INPUT_FACTOR = 4
-SYNTHETIC_DATA = 'synthetic_faces'  # training_data prefix of generated-face models
+# config.training_data prefix of models of the generated faces.
+SYNTHETIC_DATA = 'synthetic_faces'
 
 
 def input_warnings(config: l2m_models.L2MModelConfig,

@@ -183,7 +183,7 @@ def heatmap_coordinates(points: np.ndarray) -> np.ndarray:
 
 
 def heatmap_targets(points: np.ndarray, sigma: float = SIGMA) -> np.ndarray:
-  """Gaussian target heatmaps [N, 64, 64, 98] (peak 1) of landmarks [N, 98, 2]."""
+  """Gaussian target heatmaps [N, 64, 64, 98] (peak 1) of points [N, 98, 2]."""
   h = heatmap_coordinates(points)  # [N, L, 2]
   g = np.arange(HEATMAP_SIZE, dtype=np.float64)
   dx = g[None, None, :] - h[..., 0:1]  # [N, L, W]
