@@ -463,6 +463,80 @@ def summary_lines(metrics: dict, work: pathlib.Path) -> list[str]:
   return lines
 
 
+# Locality targets of the demo at degree 1 on the val faces (docs/demo.md):
+# (name, metrics.json path under 'edits', '>=' or '<=', bound).
+TARGETS = (
+    ('attribute accuracy', ('degree=1', 'attribute_accuracy'), '>=', 0.95),
+    ('pixel change outside', ('degree=1', 'pixel_change_outside'), '<=', 0.06),
+    ('reconstruction pixel change outside',
+     ('degree=0', 'pixel_change_outside'), '<=', 0.05),
+    ('identity error / reconstruction\'s',
+     ('degree=1', 'identity_error_ratio'), '<=', 1.05),
+)
+
+
+def target_checks(metrics: dict) -> list[tuple[str, float, str, float, bool]]:
+  """(name, value, op, bound, met) for each of TARGETS."""
+  out = []
+  for name, (deg, key), op, bound in TARGETS:
+    value = float(metrics['edits'][deg][key])
+    met = value >= bound if op == '>=' else value <= bound
+    out.append((name, value, op, bound, met))
+  return out
+
+
+def report_markdown(runs) -> str:
+  """Markdown tables for docs/demo.md from (label, metrics dict) pairs.
+
+  One run: the per-degree table with the exact counterfactual, the targets
+  and the stage timings. Several runs (an ablation): one row per run.
+  """
+  runs = list(runs)
+  f3 = lambda v: f'{v:.3f}'
+  if len(runs) > 1:
+    lines = ['| run | accuracy (d 1) | pixel change outside (d 0 / d 1) | '
+             'identity ratio (d 1) | training s | total s |',
+             '| --- | --- | --- | --- | --- | --- |']
+    for label, m in runs:
+      e, t = m['edits'], m['timings_s']
+      lines.append(
+          f'| {label} | {f3(e["degree=1"]["attribute_accuracy"])} | '
+          f'{f3(e["degree=0"]["pixel_change_outside"])} / '
+          f'{f3(e["degree=1"]["pixel_change_outside"])} | '
+          f'{f3(e["degree=1"]["identity_error_ratio"])} | '
+          f'{t.get("train_s", 0):.0f} | {t.get("total", 0):.0f} |')
+    return '\n'.join(lines) + '\n'
+  label, m = runs[0]
+  e, ref = m['edits'], m['references']['exact_counterfactual']
+  degrees = sorted(float(k.split('=')[1]) for k in e if k.startswith('degree='))
+  lines = [f'Run `{label}`: attribute `{m["attribute"]}`, {m["num_val"]} val '
+           f'faces, {m["train_steps"]} training steps.', '',
+           '| degree | attribute accuracy | identity error | / reconstruction '
+           '| pixel change outside region |', '| --- | --- | --- | --- | --- |']
+  for a in degrees:
+    r = e[f'degree={a:g}']
+    ratio = f3(r['identity_error_ratio']) if a else '1'
+    name = '**1 (the edit)**' if a == 1 else (
+        '0 (reconstruction)' if a == 0 else f'{a:g}')
+    lines.append(f'| {name} | {f3(r["attribute_accuracy"])} | '
+                 f'{f3(r["identity_error"])} | {ratio} | '
+                 f'{f3(r["pixel_change_outside"])} |')
+  base = e['degree=1']['identity_error_baseline']
+  lines.append(f'| exact counterfactual | {f3(ref["attribute_accuracy"])} | '
+               f'{f3(ref["identity_error"])} | '
+               f'{f3(ref["identity_error"] / base)} | '
+               f'{ref["pixel_change_outside"]:.4f} |')
+  lines += ['', '| target | value | bound | met |', '| --- | --- | --- | --- |']
+  for name, value, op, bound, met in target_checks(m):
+    lines.append(f'| {name} | {f3(value)} | {op} {bound:g} | '
+                 f'{"yes" if met else "**no**"} |')
+  t = m['timings_s']
+  lines += ['', 'Seconds per stage: ' + ', '.join(
+      f'{k[:-2] if k.endswith("_s") else k} {v:.0f}' for k, v in t.items())
+            + '.']
+  return '\n'.join(lines) + '\n'
+
+
 def _verbose() -> bool:
   try:
     return bool(_VERBOSE.value)

@@ -8,6 +8,7 @@ the 'quick' size (slow) check the log, the outputs and that two runs give
 byte-identical metrics and grids.
 """
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -28,6 +29,14 @@ from l2m_jax.datasets import synthetic_faces as sf
 from l2m_jax.evaluation import editing_metrics as em
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_script(name):
+  spec = importlib.util.spec_from_file_location(
+      name, REPO / 'scripts' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def _f(u8):
@@ -161,6 +170,26 @@ def test_demo_stages_smoke(tmp_path, capsys):
   # the edits, not the sources.
   assert metrics['edits']['degree=0']['pixel_change_outside'] > 0.01
   lines = demo.summary_lines(metrics, tmp_path)
+  # scripts/demo_report.py: the docs' tables from metrics.json.
+  report = _load_script('demo_report')
+  assert report.main([str(tmp_path)]) == 0
+  out = capsys.readouterr().out
+  d1 = metrics['edits']['degree=1']
+  assert (f'| **1 (the edit)** | {d1["attribute_accuracy"]:.3f} | '
+          f'{d1["identity_error"]:.3f} | {d1["identity_error_ratio"]:.3f} | '
+          f'{d1["pixel_change_outside"]:.3f} |') in out
+  # The verdicts follow the values and the bounds.
+  assert '| attribute accuracy | ' in out and '>= 0.95 |' in out
+  met = {n: ok for n, _, _, _, ok in demo.target_checks(metrics)}
+  assert met['pixel change outside'] == (d1['pixel_change_outside'] <= 0.06)
+  d0 = metrics['edits']['degree=0']['pixel_change_outside']
+  assert met['reconstruction pixel change outside'] == (d0 <= 0.05)
+  assert report.main([f'x={tmp_path}', f'y={tmp_path / "metrics.json"}']) == 0
+  rows = [l for l in capsys.readouterr().out.splitlines()
+          if l.startswith(('| x ', '| y '))]
+  assert len(rows) == 2 and rows[0][4:] == rows[1][4:]
+  assert report.main([str(tmp_path / 'data')]) == 2
+  assert 'metrics.json' in capsys.readouterr().err
   assert any(str(tmp_path / 'demo_grid.png') in l for l in lines)
   assert any('docs/editing.md' in l for l in lines)
 
