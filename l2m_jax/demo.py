@@ -450,6 +450,9 @@ def summary_lines(metrics: dict, work: pathlib.Path) -> list[str]:
       f'{f(d1.get("identity_error_baseline"))} (ratio '
       f'{f(d1.get("identity_error_ratio"))})',
       f'  FID                     {e["fid"].get("status")}',
+      '  targets (docs/demo.md):  ' + '; '.join(
+          f'{n} {op} {b:g}: {"met" if ok else "NOT met"}'
+          for n, _, op, b, ok in target_checks(metrics)),
       f'metrics: {work / "metrics.json"}',
       f'grid:    {work / "demo_grid.png"} (rows: sources; columns: source, '
       'degrees ' + ', '.join(f'{a:g}' for a in sorted(
