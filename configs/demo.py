@@ -1,22 +1,22 @@
 """The one-command demo: generated faces, a small L2M-GAN, editing metrics.
 
 Derives from configs/l2m_celebahq.py (the paper settings) and shrinks it to
-32-px generated faces and narrow networks (first conv 32 channels, cap 128)
-so that the whole demo (data, 1200 training steps, metrics) finishes in about
-10 minutes on a 2-core CPU (docs/demo.md has the measured run). Run:
+32-px generated faces and narrow networks, sized for a whole demo (data, the
+two helper networks, the GAN training, metrics) within 10 minutes on a quiet
+2-core CPU (docs/demo.md: how it is measured). Run:
 
   python -m l2m_jax.demo --workdir=runs/demo
 
-`config.demo` holds the data-generation and evaluation settings; every other
-field is the training config read by `l2m_jax.train_l2m.train_and_evaluate`.
-`configs/demo.py:quick` is the end-to-end test size (about a minute, mostly
-XLA compilation).
+`config.demo` holds the data-generation, helper-network and evaluation
+settings; every other field is the training config read by
+`l2m_jax.train_l2m.train_and_evaluate`. `configs/demo.py:quick` is the test
+size (tiny widths, 2 steps; mostly XLA compilation).
 
-The demo attribute is `grey_hair`: the edit is a colour change of a large
-region (all the hair and the eyebrows), which AdaIN style codes express
-directly and a small generator learns within the CPU budget. `smiling` (a
-few-pixel mouth curve at 32 px) and `eyeglasses` (thin frames to draw) are
-geometric edits that a 1200-step run is less likely to learn (not measured).
+The paper's mechanisms are kept: the generator's masked high-pass skips
+(w_hpf = 1) with masks made by the FAN post-processing from a landmark
+network, and a preservation term. Their pretrained networks (the FAN, the
+ImageNet ResNet-18) cannot be downloaded and were trained on photos, so the
+demo trains both on the generated faces (l2m_jax/face_priors.py).
 """
 
 import ml_collections
@@ -33,11 +33,16 @@ def get_config(arg: str = ''):
   c = l2m_celebahq.get_config('res=32,attr=grey_hair')
   c.seed = 0  # PRNG seed (original 777)
   c.data_dir = ''  # set by the demo to <workdir>/data
-  c.style_dim = 8 if quick else 16  # style code size (original 64)
+  c.training_data = ''  # set by the demo to 'synthetic_faces:<attr>:32px:seed<k>'
+  c.style_dim = 8 if quick else 64  # style code size (original 64)
   c.base_dim = 8 if quick else 32  # first-conv width of G, E, D (original 2**14 // 32 = 512)
   c.max_conv_dim = 16 if quick else 128  # channel cap (original 512)
-  c.w_hpf = 0.0  # no FAN masks: no landmark weights exist offline (original 1)
-  c.preservation = 'none'  # no ResNet-18 weights offline (original resnet18)
+  c.w_hpf = 1.0  # masked high-pass skips on (original 1)
+  c.landmark_checkpoint = ''  # set by the demo: LandmarkNet trained on the faces (original: FAN wing.ckpt)
+  c.preservation = 'synthetic_faces'  # PreservationNet trained on the faces (original ImageNet resnet18)
+  c.preservation_checkpoint = ''  # set by the demo to <workdir>/priors/preservation
+  c.lambda_cyc = 5.0  # cycle weight (original 1; reconstruction must converge in a short run)
+  c.lambda_id = 5.0  # preservation weight (original 1; the PreservationNet's features are small)
   c.batch_size = 8  # global batch, images (original 8)
   c.val_batch_size = 16  # global sample batch (original 32)
   c.total_iters = 2 if quick else 1200  # steps (original 100000)
@@ -56,12 +61,17 @@ def get_config(arg: str = ''):
   c.profile = False  # no profiler trace for the demo
 
   c.demo = ml_collections.ConfigDict()
-  c.demo.attribute = 'grey_hair'  # smiling | eyeglasses | grey_hair (most learnable: see above)
+  c.demo.attribute = 'grey_hair'  # smiling | eyeglasses | grey_hair
   c.demo.num_train = 64 if quick else 2000  # generated train images
   c.demo.num_val = 16 if quick else 200  # generated val images (edited for metrics)
   c.demo.data_seed = 0  # generation seed
   c.demo.degrees = (0.0, 0.5, 1.0, 1.25)  # evaluated edit strengths
   c.demo.grid_sources = 8  # rows of the final grid
+  c.demo.landmark_steps = 20 if quick else 800  # LandmarkNet training steps (batch 32)
+  c.demo.landmark_width = 8 if quick else 16  # LandmarkNet first conv width
+  c.demo.preservation_steps = 20 if quick else 600  # PreservationNet training steps (batch 32)
+  c.demo.preservation_width = 8 if quick else 16  # PreservationNet first conv width
+  c.demo.preservation_invariance = 1.0  # weight of its counterfactual feature agreement
   c.demo.metric_steps = 30 if quick else 400  # classifier/regressor steps
   c.demo.metric_width = 8 if quick else 16  # their first conv width
   return c

@@ -62,6 +62,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.l2m_checkpoint = ''  # converted nets_ema (format l2m_gan): its fan/vgg init the frozen nets ('' = none)
   c.fan_checkpoint = ''  # converted wing.ckpt (format fan) for the masks (original --wing_path)
   c.vgg_checkpoint = ''  # converted ResNet-18 features (original: torchvision ImageNet weights)
+  c.landmark_checkpoint = ''  # LandmarkNet (l2m_jax.face_priors) making the masks instead of the FAN ('' = FAN)
+  c.preservation_checkpoint = ''  # PreservationNet for preservation='synthetic_faces' (not in the original)
+  c.training_data = ''  # provenance recorded in the EMA export's config, e.g. 'synthetic_faces:32px' ('' = unknown)
 
   # --- optimisation (spec §e.1, §e.2) ---
   c.batch_size = 8  # GLOBAL batch over all devices and hosts, images (original 8)
@@ -82,7 +85,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.lambda_ort = 1.0  # orthogonality weight (original 1)
   c.lambda_id = 1.0  # preservation weight (original --lambda_id 1; unofficial lambda_per 2)
   c.orthogonality = 'elementwise'  # 'elementwise' mean|a*b| (runnable reference) or 'inner' |<a,b>|
-  c.preservation = 'resnet18'  # 'resnet18' L1 of ResNet-18 features or 'none' (ArcFace not available)
+  c.preservation = 'resnet18'  # 'resnet18' L1 of ResNet-18 features, 'synthetic_faces' (PreservationNet) or 'none' (ArcFace not available)
 
   # --- parallelism ---
   c.parallel = 'shard_map'  # 'shard_map' (jit + shard_map) or 'pmap'

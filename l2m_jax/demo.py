@@ -1,25 +1,36 @@
 """One command: generate faces, train a small L2M-GAN, measure its edits.
 
   python -m l2m_jax.demo --workdir=runs/demo [--config=configs/demo.py]
+      [--verbose]
 
-Steps (progress is printed throughout):
+Stages (one progress line each, an ETA while training):
   1. Writes the generated face data set (l2m_jax/datasets/synthetic_faces.py)
      in the official layout <workdir>/data/{train,val}/<domain>/*.png.
-  2. Trains L2M-GAN with `l2m_jax.train_l2m.train_and_evaluate` in
+  2. Trains the landmark network that makes the generator's masks in place
+     of the FAN (l2m_jax.models.landmarks) on the faces' known landmarks:
+     <workdir>/priors/landmarks.
+  3. Trains the preservation network that replaces the ImageNet ResNet-18
+     (l2m_jax.models.preservation): <workdir>/priors/preservation.
+  4. Trains L2M-GAN with `l2m_jax.train_l2m.train_and_evaluate` in
      <workdir>/train (orbax checkpoints, TensorBoard logs, sample grids and
      the EMA export <workdir>/train/ema_export that scripts/edit.py loads).
-  3. Edits every validation face towards the other domain at the degrees in
-     `config.demo.degrees` (spec l2m_gan.md §a.4; degree 0 = reconstruction).
-  4. Trains the JAX attribute classifier and identity regressor on the
-     generated training faces and reports (l2m_jax/evaluation/
-     editing_metrics.py): attribute accuracy of the edits, identity error vs
-     the reconstruction baseline, pixel change outside the attribute's region,
-     and FID (skipped, loudly, without Inception weights); as reference
-     points, the same metrics for the exact counterfactual (each face
-     re-rendered with the attribute flipped) and the identity distance
-     between different faces.
-  5. Writes <workdir>/metrics.json and <workdir>/demo_grid.png (rows =
-     sources; columns = source, then one column per degree).
+  5. Edits every validation face towards the other domain at the degrees in
+     `config.demo.degrees` (degree 0 = reconstruction), trains the JAX
+     attribute classifier and identity regressor on the generated training
+     faces and reports (l2m_jax/evaluation/editing_metrics.py): attribute
+     accuracy, identity error against the reconstruction's, pixel change
+     outside the attribute's region, FID (skipped, loudly, without Inception
+     weights), each next to the same metric of the exact counterfactual
+     (each face re-rendered with the attribute flipped).
+  6. Writes <workdir>/metrics.json, <workdir>/demo_grid.png (rows = sources;
+     columns = source, one column per degree, the exact counterfactual), the
+     same grid enlarged 4x (nearest-neighbour) as demo_grid_large.png, and
+     <workdir>/edits.npz (the quantised edits the metrics were computed on).
+
+Stages 1-3 are reused when <workdir> already holds their output for the same
+settings; stage 4 resumes from the latest checkpoint in <workdir>/train (use a
+fresh workdir when changing training settings). Library INFO logging
+(orbax, clu, TensorFlow, parameter tables) is off unless --verbose.
 """
 
 import json
@@ -28,13 +39,16 @@ import pathlib
 import sys
 import time
 
-from absl import app
-from absl import flags
-from absl import logging
-from clu import metric_writers
-import jax
-import numpy as np
-from ml_collections import config_flags
+# TensorFlow's C++ notices are decided at import time.
+if '--verbose' not in sys.argv and '--verbose=true' not in sys.argv:
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # configs/ lives next to the package
@@ -45,11 +59,53 @@ _CONFIG = config_flags.DEFINE_config_file(
     'Demo configuration file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/demo',
                                'Directory for data, checkpoints and results.')
+_VERBOSE = flags.DEFINE_bool('verbose', False,
+                             'Show library INFO logs (orbax, clu, TF).')
+
+NUM_STAGES = 6
+GRID_ZOOM = 4  # demo_grid_large.png: nearest-neighbour enlargement
+SYNTHETIC_DATA = 'synthetic_faces'
 
 
 def _say(msg: str) -> None:
   print(f'[demo {time.strftime("%H:%M:%S")}] {msg}', flush=True)
-  logging.info(msg)
+
+
+def _fmt_s(seconds: float) -> str:
+  seconds = max(0, int(round(seconds)))
+  return (f'{seconds // 60}m{seconds % 60:02d}s' if seconds >= 60
+          else f'{seconds}s')
+
+
+class Progress:
+  """Prints `label step/total (pct) rate, ETA` about every `every_s` seconds.
+
+  The first call is the first completed step, which includes compilation;
+  rates and the ETA are measured from it.
+  """
+
+  def __init__(self, label: str, total: int, every_s: float = 20.0,
+               start: int = 0):
+    self.label, self.total, self.every_s = label, int(total), every_s
+    self.start = start
+    self.t0 = self.t_last = None
+    self.first = None
+
+  def __call__(self, step: int, loss: float | None = None) -> None:
+    now = time.time()
+    if self.t0 is None:
+      self.t0, self.t_last, self.first = now, now, step
+      _say(f'    {self.label}: first step done ({step}/{self.total})')
+      return
+    if now - self.t_last < self.every_s and step < self.total:
+      return
+    self.t_last = now
+    rate = (step - self.first) / max(now - self.t0, 1e-9)
+    eta = (self.total - step) / max(rate, 1e-9)
+    extra = f', loss {loss:.4f}' if loss is not None else ''
+    _say(f'    {self.label}: {step}/{self.total} '
+         f'({100 * step / self.total:.0f}%), {rate:.1f} steps/s, '
+         f'ETA {_fmt_s(eta)}{extra}')
 
 
 def _to_float(u8: np.ndarray) -> np.ndarray:
@@ -64,11 +120,19 @@ def _check_attribute(config) -> None:
                      f'expected one of {sf.ATTRIBUTES}')
 
 
+def training_data_tag(config) -> str:
+  """The provenance recorded in the EMA export (config.training_data)."""
+  d = config.demo
+  return (f'{SYNTHETIC_DATA}:{d.attribute}:{int(config.img_size)}px:'
+          f'seed{int(d.data_seed)}')
+
+
 def generate_data(config, workdir: str) -> dict:
   """Stage 1: writes <workdir>/data/{train,val}/<domain>/*.png; sets data_dir.
 
   Returns:
-    The export info of `synthetic_faces.export_folder_layout`.
+    The export info of `synthetic_faces.export_folder_layout` ('reused' is
+    True when the folder already held these settings).
   """
   from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
   _check_attribute(config)
@@ -76,31 +140,145 @@ def generate_data(config, workdir: str) -> dict:
   size = int(config.img_size)
   work = pathlib.Path(workdir).resolve()
   work.mkdir(parents=True, exist_ok=True)
-  _say(f'1/5 generating {d.num_train}+{d.num_val} faces at {size}px '
-       f'(attribute {d.attribute!r}, seed {d.data_seed})')
+  _say(f'1/{NUM_STAGES} data: {d.num_train}+{d.num_val} generated faces at '
+       f'{size}px (attribute {d.attribute!r}, seed {d.data_seed})')
   info = sf.export_folder_layout(
       work / 'data', d.attribute, image_size=size, num_train=d.num_train,
-      num_val=d.num_val, seed=d.data_seed, overwrite=True, progress=_say)
+      num_val=d.num_val, seed=d.data_seed, overwrite=True,
+      progress=lambda m: _say(f'    {m}'))
   config.data_dir = str(work / 'data')
+  config.training_data = training_data_tag(config)
   return info
 
 
+def _prior_settings(config, kind: str) -> dict:
+  d = config.demo
+  common = {'attribute': d.attribute, 'image_size': int(config.img_size),
+            'num_train': int(d.num_train), 'data_seed': int(d.data_seed),
+            'seed': int(config.seed)}
+  if kind == 'landmarks':
+    return {**common, 'steps': int(d.landmark_steps),
+            'width': int(d.landmark_width)}
+  return {**common, 'steps': int(d.preservation_steps),
+          'width': int(d.preservation_width),
+          'invariance': float(d.preservation_invariance)}
+
+
+def _cached_prior(path: pathlib.Path, fmt: str, settings: dict):
+  """(variables, meta) of a saved network with these settings, or None."""
+  from l2m_jax import face_priors  # pylint: disable=g-import-not-at-top
+  meta_file = path / 'meta.json'
+  if not meta_file.is_file():
+    return None
+  try:
+    if json.loads(meta_file.read_text()).get('demo_settings') != settings:
+      return None
+    return face_priors.load(path, fmt)
+  except (ValueError, FileNotFoundError, OSError) as e:
+    _say(f'    (not reusing {path}: {e})')
+    return None
+
+
+def train_landmarks(config, workdir: str) -> dict:
+  """Stage 2: the LandmarkNet; sets config.landmark_checkpoint."""
+  from l2m_jax import face_priors  # pylint: disable=g-import-not-at-top
+  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
+  from l2m_jax.models import landmarks  # pylint: disable=g-import-not-at-top
+  d = config.demo
+  path = pathlib.Path(workdir).resolve() / 'priors' / 'landmarks'
+  settings = _prior_settings(config, 'landmarks')
+  if float(config.w_hpf) <= 0:
+    _say(f'2/{NUM_STAGES} landmarks: skipped (w_hpf = 0: no masks)')
+    config.landmark_checkpoint = ''
+    return {}
+  config.landmark_checkpoint = str(path)
+  cached = _cached_prior(path, landmarks.FORMAT, settings)
+  size = int(config.img_size)
+  val = sf.generate_arrays(int(d.num_val), size, int(d.data_seed), 'val')
+  val_pts = sf.landmark_arrays(val['identity'], val['smiling'])
+  if cached is not None:
+    variables, meta = cached
+    _say(f'2/{NUM_STAGES} landmarks: reusing {path}')
+  else:
+    _say(f'2/{NUM_STAGES} landmarks: training the landmark network '
+         f'({d.landmark_steps} steps; compiling first)')
+    train = sf.generate_arrays(int(d.num_train), size, int(d.data_seed),
+                               'train')
+    pts = sf.landmark_arrays(train['identity'], train['smiling'])
+    variables, meta = face_priors.train_landmark_net(
+        train['image'], pts, steps=int(d.landmark_steps),
+        width=int(d.landmark_width), seed=int(config.seed),
+        progress=Progress('landmarks', int(d.landmark_steps)),
+        log_every=1)
+    err = face_priors.landmark_errors(variables, val['image'], val_pts)
+    meta['val_peak_error_px'] = {
+        'mean': float(err.mean()), 'p95': float(np.percentile(err, 95)),
+        'unit': 'heatmap pixels (64 x 64 grid; image pixels = x S / 64)'}
+    meta['demo_settings'] = settings
+    face_priors.save(path, variables, meta)
+  e = meta['val_peak_error_px']
+  _say(f'    landmark heatmap peaks vs the true landmarks (val): mean '
+       f'{e["mean"]:.2f}, 95th percentile {e["p95"]:.2f} heatmap px')
+  return {'val_peak_error_mean_px': e['mean'],
+          'val_peak_error_p95_px': e['p95']}
+
+
+def train_preservation(config, workdir: str) -> dict:
+  """Stage 3: the PreservationNet; sets config.preservation_checkpoint."""
+  from l2m_jax import face_priors  # pylint: disable=g-import-not-at-top
+  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
+  from l2m_jax.models import preservation  # pylint: disable=g-import-not-at-top
+  d = config.demo
+  if config.preservation != 'synthetic_faces' or float(config.lambda_id) <= 0:
+    _say(f'3/{NUM_STAGES} preservation network: skipped (preservation='
+         f'{config.preservation!r}, lambda_id={config.lambda_id})')
+    return {}
+  path = pathlib.Path(workdir).resolve() / 'priors' / 'preservation'
+  config.preservation_checkpoint = str(path)
+  settings = _prior_settings(config, 'preservation')
+  cached = _cached_prior(path, preservation.FORMAT, settings)
+  if cached is not None:
+    _, meta = cached
+    _say(f'3/{NUM_STAGES} preservation network: reusing {path}')
+  else:
+    _say(f'3/{NUM_STAGES} preservation network: training on the generated '
+         f'faces and their counterfactuals ({d.preservation_steps} steps; '
+         'compiling first)')
+    size = int(config.img_size)
+    train = sf.generate_arrays(int(d.num_train), size, int(d.data_seed),
+                               'train')
+    cf = sf.generate_counterfactuals(int(d.num_train), size,
+                                     int(d.data_seed), 'train', d.attribute)
+    variables, meta = face_priors.train_preservation_net(
+        train['image'], sf.preserved_targets(train, d.attribute), cf,
+        steps=int(d.preservation_steps), width=int(d.preservation_width),
+        invariance=float(d.preservation_invariance),
+        seed=int(config.seed) + 1,
+        progress=Progress('preservation', int(d.preservation_steps)),
+        log_every=1)
+    meta['demo_settings'] = settings
+    face_priors.save(path, variables, meta)
+  return {'final_loss': meta['train']['final_loss']}
+
+
 def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
-             timings: dict | None = None) -> dict:
-  """Stages 3-5: edits, editing metrics, metrics.json, demo_grid.png.
+             timings: dict | None = None, extra: dict | None = None) -> dict:
+  """Stages 5-6: edits, editing metrics, metrics.json, grid, edits.npz.
 
   Args:
     config: the demo config (`config.demo` and the image/batch sizes).
     workdir: the demo folder; outputs go to <workdir>/metrics.json,
-      <workdir>/demo_grid.png, <workdir>/metric_models/ and TensorBoard
-      scalars/images to <workdir>/train.
+      <workdir>/demo_grid.png, <workdir>/edits.npz, <workdir>/metric_models/
+      and TensorBoard scalars/images to <workdir>/train.
     checkpoint: an EMA export (format 'l2m_gan') of the trained model.
     timings: seconds spent in the earlier stages, copied into the JSON.
+    extra: more entries for metrics.json (e.g. the landmark network's error).
 
   Returns:
     The metrics dict (also written to <workdir>/metrics.json).
   """
   # Imports here keep `--help` fast.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from l2m_jax import editing  # pylint: disable=g-import-not-at-top
   from l2m_jax import image_io  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
@@ -119,43 +297,50 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
     raise ValueError(f'{checkpoint}: the model is {mc.img_size}px but '
                      f'config.img_size is {size}')
 
-  # 3. Edits of the validation faces.
-  _say(f'3/5 editing {d.num_val} validation faces at degrees '
-       f'{list(d.degrees)}')
+  # 5a. Edits of the validation faces.
+  degrees = tuple(float(a) for a in d.degrees)
+  _say(f'5/{NUM_STAGES} evaluation: editing {d.num_val} validation faces '
+       f'at degrees {list(degrees)} (compiling the edit first)')
   t = time.time()
   val = sf.generate_arrays(int(d.num_val), size, int(d.data_seed), 'val')
   x = _to_float(val['image'])
   y = val[d.attribute].astype(np.int32)
-  degrees = tuple(float(a) for a in d.degrees)
   bs = int(config.val_batch_size)
   chunks = []
   for i in range(0, len(x), bs):
     xb, yb = x[i:i + bs], y[i:i + bs]
+    n = len(xb)
+    if n < bs:  # one compiled shape
+      xb = np.concatenate([xb, np.zeros((bs - n,) + xb.shape[1:], xb.dtype)])
+      yb = np.concatenate([yb, np.zeros((bs - n,), yb.dtype)])
     chunks.append(np.asarray(editing.edit_sweep(
         variables, xb, yb, 1 - yb, np.asarray(degrees, np.float32),
-        config=mc)))
+        config=mc))[:, :n])
   sweep = np.clip(np.concatenate(chunks, axis=1), -1.0, 1.0)  # [D, N, S, S, 3]
   # Quantise as saved PNGs are (image_io.to_uint8), so metrics see files' pixels.
-  sweep = _to_float(image_io.to_uint8(sweep))
+  sweep_u8 = image_io.to_uint8(sweep)
+  sweep = _to_float(sweep_u8)
   timings['edit_s'] = time.time() - t
 
-  # 4. Metric models and metrics.
-  _say(f'4/5 training the attribute classifier and identity regressor '
+  # 5b. Metric models and metrics.
+  _say(f'    training the attribute classifier and identity regressor '
        f'({d.metric_steps} steps each) on the generated training faces')
   t = time.time()
   train = sf.generate_arrays(int(d.num_train), size, int(d.data_seed), 'train')
   labels = np.stack([train[a] for a in sf.ATTRIBUTES], axis=1)
   val_labels = np.stack([val[a] for a in sf.ATTRIBUTES], axis=1)
+  quiet = not _verbose()
   c_apply, c_params, c_meta = em.train_model(
       'classifier', train['image'], labels, val_images=val['image'],
       val_targets=val_labels, steps=int(d.metric_steps),
       width=int(d.metric_width), seed=int(config.seed),
-      names=sf.ATTRIBUTES, log_every=max(1, int(d.metric_steps) // 4))
+      names=sf.ATTRIBUTES, log_every=0 if quiet else int(d.metric_steps) // 4)
   r_apply, r_params, r_meta = em.train_model(
       'regressor', train['image'], train['identity'], val_images=val['image'],
       val_targets=val['identity'], steps=int(d.metric_steps),
       width=int(d.metric_width), seed=int(config.seed),
-      names=sf.IDENTITY_NAMES, log_every=max(1, int(d.metric_steps) // 4))
+      names=sf.IDENTITY_NAMES,
+      log_every=0 if quiet else int(d.metric_steps) // 4)
   em.save_model(work / 'metric_models' / 'classifier', c_params, c_meta)
   em.save_model(work / 'metric_models' / 'identity_regressor', r_params,
                 r_meta)
@@ -173,12 +358,9 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
   # same face re-rendered with the attribute flipped) is what a perfect edit
   # scores, and the identity distance between two different val faces is
   # what losing the identity scores.
-  exact = []
-  for i in range(len(x)):
-    ident, attrs = sf.sample_face(int(d.data_seed), 'val', i)
-    attrs = {**attrs, d.attribute: 1 - attrs[d.attribute]}
-    exact.append(sf.render_face(ident, attrs, size))
-  exact = _to_float(np.stack(exact))
+  exact_u8 = sf.generate_counterfactuals(int(d.num_val), size,
+                                         int(d.data_seed), 'val', d.attribute)
+  exact = _to_float(exact_u8)
   references = {'exact_counterfactual': {
       'attribute_accuracy': em.attribute_accuracy(
           em.output_slice(c_apply, k), c_params, exact, 1 - y),
@@ -188,29 +370,27 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
       em.identity_distances(r_apply, r_params, x, np.roll(x, 1, axis=0))))
   timings['metrics_s'] = time.time() - t
 
-  head = results.get('degree=1', {})
-  _say(f'    edited attribute accuracy (degree 1): '
-       f'{head.get("attribute_accuracy")}; identity error '
-       f'{head.get("identity_error")} vs reconstruction '
-       f'{head.get("identity_error_baseline")}; pixel change outside region '
-       f'{head.get("pixel_change_outside")}; FID {results["fid"]["status"]}')
-  ref = references['exact_counterfactual']
-  _say(f'    exact counterfactual (a perfect edit): accuracy '
-       f'{ref["attribute_accuracy"]}, identity error {ref["identity_error"]}; '
-       f'identity error between different faces '
-       f'{references["different_faces_identity_error"]}')
-
-  # 5. Outputs.
-  _say('5/5 writing metrics.json, demo_grid.png and TensorBoard scalars')
+  # 6. Outputs.
+  _say(f'6/{NUM_STAGES} outputs: metrics.json, demo_grid.png (and x'
+       f'{GRID_ZOOM} demo_grid_large.png), edits.npz, TensorBoard scalars')
   n = min(int(d.grid_sources), len(x))
   # Alternate domains so both edit directions show.
   order = np.concatenate([np.nonzero(y == 0)[0][:n // 2 + n % 2],
                           np.nonzero(y == 1)[0][:n // 2]])
   order = np.concatenate([order, np.setdiff1d(np.arange(len(x)), order)])[:n]
-  cols = np.concatenate([x[order][None], sweep[:, order]], axis=0)
+  cols = np.concatenate([x[order][None], sweep[:, order], exact[order][None]],
+                        axis=0)
   grid = image_io.make_grid(np.transpose(cols, (1, 0, 2, 3, 4)))
   from PIL import Image  # pylint: disable=g-import-not-at-top
   Image.fromarray(grid).save(work / 'demo_grid.png')
+  # The same grid enlarged GRID_ZOOM times, nearest-neighbour, so that the
+  # 32-px tiles can be seen pixel by pixel (docs/demo.md shows this one).
+  big = np.repeat(np.repeat(grid, GRID_ZOOM, axis=0), GRID_ZOOM, axis=1)
+  Image.fromarray(big).save(work / 'demo_grid_large.png')
+  np.savez_compressed(work / 'edits.npz', edits=sweep_u8,
+                      degrees=np.asarray(degrees, np.float32),
+                      source_labels=y, counterfactuals=exact_u8,
+                      grid_sources=order)
   step = int(config.total_iters)
   writer = metric_writers.create_default_writer(
       str(work / 'train'), just_logging=jax.process_index() > 0)
@@ -223,9 +403,10 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
   writer.write_images(step, {'demo/grid': grid[None]})
   writer.flush()
   timings['evaluate_s'] = time.time() - t_start
+  stage_keys = ('data_s', 'landmarks_s', 'preservation_s', 'train_s',
+                'evaluate_s')
   if 'train_s' in timings:
-    timings['total'] = sum(timings.get(k, 0.0)
-                           for k in ('data_s', 'train_s', 'evaluate_s'))
+    timings['total'] = sum(timings.get(s, 0.0) for s in stage_keys)
   metrics = {
       'attribute': d.attribute,
       'domains': list(mc.domains),
@@ -240,12 +421,130 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
       'regressor_heldout_l2': r_meta['val_l2'],
       'edits': results,
       'references': references,
+      **(extra or {}),
       'timings_s': timings,
       'device': str(jax.devices()[0].platform),
       'checkpoint': str(checkpoint),
+      'training_data': mc.training_data,
   }
   (work / 'metrics.json').write_text(json.dumps(metrics, indent=1))
   return metrics
+
+
+def summary_lines(metrics: dict, work: pathlib.Path) -> list[str]:
+  """The closing summary: key metrics next to the exact counterfactual's."""
+  e = metrics['edits']
+  d0, d1 = e.get('degree=0', {}), e.get('degree=1', {})
+  ref = metrics['references']['exact_counterfactual']
+  f = lambda v: 'n/a' if v is None else f'{v:.3f}'
+  lines = [
+      f'results (degree 1 = the edit; {metrics["num_val"]} val faces; exact '
+      'counterfactual in brackets):',
+      f'  attribute accuracy      {f(d1.get("attribute_accuracy"))} '
+      f'[{f(ref["attribute_accuracy"])}]',
+      f'  pixel change outside    {f(d1.get("pixel_change_outside"))} '
+      f'[{f(ref["pixel_change_outside"])}]; reconstruction (degree 0) '
+      f'{f(d0.get("pixel_change_outside"))}',
+      f'  identity error          {f(d1.get("identity_error"))} '
+      f'[{f(ref["identity_error"])}]; reconstruction '
+      f'{f(d1.get("identity_error_baseline"))} (ratio '
+      f'{f(d1.get("identity_error_ratio"))})',
+      f'  FID                     {e["fid"].get("status")}',
+      '  targets (docs/demo.md):  ' + '; '.join(
+          f'{n} {op} {b:g}: {"met" if ok else "NOT met"}'
+          for n, _, op, b, ok in target_checks(metrics)),
+      f'metrics: {work / "metrics.json"}',
+      f'grid:    {work / "demo_grid.png"} (rows: sources; columns: source, '
+      'degrees ' + ', '.join(f'{a:g}' for a in sorted(
+          float(k.split('=')[1]) for k in e if k.startswith('degree='))) +
+      f', exact counterfactual); x{GRID_ZOOM}: '
+      f'{work / "demo_grid_large.png"}',
+      f'This is a {metrics["image_size"]} px model of the generated cartoon '
+      'faces, not of photos; for photos convert the official checkpoint '
+      '(docs/editing.md).',
+  ]
+  return lines
+
+
+# Locality targets of the demo at degree 1 on the val faces (docs/demo.md):
+# (name, metrics.json path under 'edits', '>=' or '<=', bound).
+TARGETS = (
+    ('attribute accuracy', ('degree=1', 'attribute_accuracy'), '>=', 0.95),
+    ('pixel change outside', ('degree=1', 'pixel_change_outside'), '<=', 0.06),
+    ('reconstruction pixel change outside',
+     ('degree=0', 'pixel_change_outside'), '<=', 0.05),
+    ('identity error / reconstruction\'s',
+     ('degree=1', 'identity_error_ratio'), '<=', 1.05),
+)
+
+
+def target_checks(metrics: dict) -> list[tuple[str, float, str, float, bool]]:
+  """(name, value, op, bound, met) for each of TARGETS."""
+  out = []
+  for name, (deg, key), op, bound in TARGETS:
+    value = float(metrics['edits'][deg][key])
+    met = value >= bound if op == '>=' else value <= bound
+    out.append((name, value, op, bound, met))
+  return out
+
+
+def report_markdown(runs) -> str:
+  """Markdown tables for docs/demo.md from (label, metrics dict) pairs.
+
+  One run: the per-degree table with the exact counterfactual, the targets
+  and the stage timings. Several runs (an ablation): one row per run.
+  """
+  runs = list(runs)
+  f3 = lambda v: f'{v:.3f}'
+  if len(runs) > 1:
+    lines = ['| run | accuracy (d 1) | pixel change outside (d 0 / d 1) | '
+             'identity ratio (d 1) | training s | total s |',
+             '| --- | --- | --- | --- | --- | --- |']
+    for label, m in runs:
+      e, t = m['edits'], m['timings_s']
+      lines.append(
+          f'| {label} | {f3(e["degree=1"]["attribute_accuracy"])} | '
+          f'{f3(e["degree=0"]["pixel_change_outside"])} / '
+          f'{f3(e["degree=1"]["pixel_change_outside"])} | '
+          f'{f3(e["degree=1"]["identity_error_ratio"])} | '
+          f'{t.get("train_s", 0):.0f} | {t.get("total", 0):.0f} |')
+    return '\n'.join(lines) + '\n'
+  label, m = runs[0]
+  e, ref = m['edits'], m['references']['exact_counterfactual']
+  degrees = sorted(float(k.split('=')[1]) for k in e if k.startswith('degree='))
+  lines = [f'Run `{label}`: attribute `{m["attribute"]}`, {m["num_val"]} val '
+           f'faces, {m["train_steps"]} training steps.', '',
+           '| degree | attribute accuracy | identity error | / reconstruction '
+           '| pixel change outside region |', '| --- | --- | --- | --- | --- |']
+  for a in degrees:
+    r = e[f'degree={a:g}']
+    ratio = f3(r['identity_error_ratio']) if a else '1'
+    name = '**1 (the edit)**' if a == 1 else (
+        '0 (reconstruction)' if a == 0 else f'{a:g}')
+    lines.append(f'| {name} | {f3(r["attribute_accuracy"])} | '
+                 f'{f3(r["identity_error"])} | {ratio} | '
+                 f'{f3(r["pixel_change_outside"])} |')
+  base = e['degree=1']['identity_error_baseline']
+  lines.append(f'| exact counterfactual | {f3(ref["attribute_accuracy"])} | '
+               f'{f3(ref["identity_error"])} | '
+               f'{f3(ref["identity_error"] / base)} | '
+               f'{ref["pixel_change_outside"]:.4f} |')
+  lines += ['', '| target | value | bound | met |', '| --- | --- | --- | --- |']
+  for name, value, op, bound, met in target_checks(m):
+    lines.append(f'| {name} | {f3(value)} | {op} {bound:g} | '
+                 f'{"yes" if met else "**no**"} |')
+  t = m['timings_s']
+  lines += ['', 'Seconds per stage: ' + ', '.join(
+      f'{k[:-2] if k.endswith("_s") else k} {v:.0f}' for k, v in t.items())
+            + '.']
+  return '\n'.join(lines) + '\n'
+
+
+def _verbose() -> bool:
+  try:
+    return bool(_VERBOSE.value)
+  except flags.UnparsedFlagAccessError:
+    return False
 
 
 def run_demo(config, workdir: str) -> dict:
@@ -256,38 +555,54 @@ def run_demo(config, workdir: str) -> dict:
   _check_attribute(config)
   work = pathlib.Path(workdir).resolve()
   work.mkdir(parents=True, exist_ok=True)
-  _say(f'workdir {work}; devices: {jax.devices()}')
-  timings = {}
+  _say(f'workdir {work}; device {jax.devices()[0].platform} '
+       f'x{jax.device_count()}')
+  timings, extra = {}, {}
 
-  # 1. Data.
   t = time.time()
   info = generate_data(config, str(work))
   timings['data_s'] = time.time() - t
-  _say(f'    data ready in {timings["data_s"]:.1f}s: {info["counts"]}')
-
-  # 2. Training.
-  _say(f'2/5 training L2M-GAN for {config.total_iters} steps, batch '
-       f'{config.batch_size} (progress below; TensorBoard: {work / "train"})')
+  _say(f'    data {"reused" if info.get("reused") else "ready"} in '
+       f'{timings["data_s"]:.1f}s: {info["counts"]}')
   t = time.time()
-  train_l2m.train_and_evaluate(config, str(work / 'train'))
+  extra['landmark_net'] = train_landmarks(config, str(work))
+  timings['landmarks_s'] = time.time() - t
+  t = time.time()
+  extra['preservation_net'] = train_preservation(config, str(work))
+  timings['preservation_s'] = time.time() - t
+
+  total = int(config.total_iters)
+  _say(f'4/{NUM_STAGES} training L2M-GAN: {total} steps, batch '
+       f'{config.batch_size}; compiling the training step first (a minute '
+       f'or two on an idle 2-core CPU); TensorBoard: {work / "train"}')
+  t = time.time()
+  train_l2m.train_and_evaluate(config, str(work / 'train'),
+                               hooks=(Progress('training', total),))
   timings['train_s'] = time.time() - t
-  _say(f'    training done in {timings["train_s"]:.1f}s')
+  _say(f'    training done in {_fmt_s(timings["train_s"])}')
   ckpt = work / 'train' / 'ema_export'
 
-  # 3-5. Edits, metrics, outputs.
-  metrics = evaluate(config, str(work), ckpt, timings)
-  domains = metrics['domains']
-  _say(f'done in {time.time() - t_start:.0f}s. Results: {work / "metrics.json"}'
-       f', grid: {work / "demo_grid.png"}. Edit your own images with: '
-       f'python scripts/edit.py --checkpoint {ckpt} --input <img or dir> '
-       f'--target {domains[1]} --out <dir>')
+  metrics = evaluate(config, str(work), ckpt, timings, extra)
+  _say(f'done in {_fmt_s(time.time() - t_start)}')
+  for line in summary_lines(metrics, work):
+    print(line, flush=True)
   return metrics
+
+
+def _quiet_libraries() -> None:
+  """absl INFO (parameter tables, clu scalars, orbax) off; warnings stay."""
+  import logging as py_logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  for name in ('orbax', 'absl', 'tensorflow', 'jax'):
+    py_logging.getLogger(name).setLevel(py_logging.WARNING)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from l2m_jax import errors  # pylint: disable=g-import-not-at-top
+  if not _VERBOSE.value:
+    _quiet_libraries()
   try:
     run_demo(_CONFIG.value, _WORKDIR.value)
   except Exception as e:  # pylint: disable=broad-except
@@ -303,5 +618,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   app.run(main)

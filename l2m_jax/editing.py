@@ -10,13 +10,19 @@ G. Yang et al., "L2M-GAN", CVPR 2021; the official evaluation's edit
 
 `variables` is the tree of a converted 'l2m_gan' checkpoint
 (`l2m_jax.convert.l2m.load_l2m_checkpoint`): {'generator', 'style_encoder'
-[, 'fan']}; `config` is its `L2MModelConfig` (a static argument).
+[, 'fan' or 'landmarks']}; `config` is its `L2MModelConfig` (a static
+argument). With 'landmarks' (a `l2m_jax.models.landmarks.LandmarkNet`
+trained on generated faces) the masks come from it instead of the FAN.
+
+`input_warnings` says when images do not look like what a checkpoint was
+trained on (scripts/edit.py prints them).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+import pathlib
+from typing import Any, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +42,9 @@ def _labels(value: Any, n: int, name: str) -> jax.Array:
 
 def _check(variables: Mapping[str, Any], images: jax.Array,
            config: l2m_models.L2MModelConfig) -> None:
-  need = ['generator', 'style_encoder'] + (['fan'] if config.w_hpf > 0
-                                           else [])
+  need = ['generator', 'style_encoder']
+  if config.w_hpf > 0 and 'landmarks' not in variables:
+    need.append('fan')
   absent = [k for k in need if k not in variables]
   if absent:
     raise ValueError(f'edit: variables lack {absent} (have '
@@ -66,7 +73,11 @@ def styles_and_masks(variables: Mapping[str, Any], images: jax.Array,
   _, enc = l2m_models.build_models(config, dtype)
   s, _, s2, s3 = enc.apply(variables['style_encoder'], images, y, y1)
   masks = None
-  if config.w_hpf > 0:
+  if config.w_hpf > 0 and 'landmarks' in variables:
+    from l2m_jax.models import landmarks  # pylint: disable=g-import-not-at-top
+    masks = landmarks.get_masks(variables['landmarks'], images,
+                                config.img_size)
+  elif config.w_hpf > 0:
     from l2m_jax.models import fan  # pylint: disable=g-import-not-at-top
     masks = fan.get_masks(variables['fan'], images, dtype=dtype)
   return s, s2, s3, masks
@@ -128,3 +139,51 @@ def edit_sweep(variables: Mapping[str, Any], images: jax.Array,
     return gen.apply(variables['generator'], images, s + a * delta, masks)
 
   return jax.lax.map(one, jnp.asarray(degrees, jnp.float32).reshape(-1))
+
+
+# Inputs more than this many times the model's side are "far larger".
+LARGE_INPUT_FACTOR = 4
+# config.training_data prefix of models of the generated faces.
+SYNTHETIC_DATA = 'synthetic_faces'
+
+
+def input_warnings(config: l2m_models.L2MModelConfig,
+                   image_paths: Iterable[str | pathlib.Path] = ()
+                   ) -> list[str]:
+  """Warnings when inputs do not look like the checkpoint's training data.
+
+  Args:
+    config: the checkpoint's config (its `training_data` and `img_size`).
+    image_paths: the input images (only their headers are read).
+
+  Returns:
+    Messages: one if the checkpoint was trained on the generated faces
+    (`l2m_jax.datasets.synthetic_faces`), one if any input is more than
+    LARGE_INPUT_FACTOR times larger than the model's side.
+  """
+  out = []
+  if str(config.training_data).startswith(SYNTHETIC_DATA):
+    out.append(
+        f'this checkpoint was trained on the generated cartoon faces '
+        f'({config.training_data}, {config.img_size} px); it edits those, '
+        'not photos: on real faces its output is noise. For photos use a '
+        'converted official checkpoint (docs/editing.md).')
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  large = []
+  for p in image_paths:
+    try:
+      with Image.open(p) as im:
+        w, h = im.size
+    except Exception:  # pylint: disable=broad-except
+      continue  # unreadable files are reported by the loader
+    if max(w, h) > LARGE_INPUT_FACTOR * config.img_size:
+      large.append(f'{pathlib.Path(p).name} ({w}x{h})')
+  if large:
+    shown = ', '.join(large[:3]) + (f' and {len(large) - 3} more'
+                                    if len(large) > 3 else '')
+    out.append(
+        f'{len(large)} input(s) are far larger than the model\'s '
+        f'{config.img_size} px ({shown}); they are downscaled to '
+        f'{config.img_size} px, and the model only knows images like its '
+        'training data at that size.')
+  return out

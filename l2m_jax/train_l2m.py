@@ -58,6 +58,8 @@ from l2m_jax import parallel
 from l2m_jax.convert import torch_to_flax as t2f
 from l2m_jax.models import fan as fan_lib
 from l2m_jax.models import l2m as l2m_models
+from l2m_jax.models import landmarks as landmarks_lib
+from l2m_jax.models import preservation as preservation_lib
 from l2m_jax.models import resnet
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -111,6 +113,7 @@ def model_config_from(config: ml_collections.ConfigDict,
       num_domains=int(config.num_domains),
       max_conv_dim=int(config.max_conv_dim), w_hpf=float(config.w_hpf),
       base_dim=int(config.base_dim) if config.base_dim else None,
+      training_data=str(config.get('training_data', '')),
       domains=tuple(domains) if domains else l2m_models.default_domains(
           int(config.num_domains)))
 
@@ -214,14 +217,31 @@ def load_frozen(config: ml_collections.ConfigDict, rng: jax.Array
   `fan` and `vgg` entries), `config.fan_checkpoint` (converted wing.ckpt),
   `config.vgg_checkpoint` (converted ResNet-18: {'params', 'batch_stats'} at
   the top level or under 'vgg'). Missing ones are random, with a loud
-  warning.
+  warning. Networks trained on the generated faces (`l2m_jax.face_priors`):
+  `config.landmark_checkpoint` gives {'landmarks': ...} in place of the FAN,
+  and preservation='synthetic_faces' needs `config.preservation_checkpoint`
+  ({'preservation': ...}).
   """
   frozen = {}
   need_fan = float(config.w_hpf) > 0
   need_vgg = config.preservation == 'resnet18' and float(config.lambda_id) > 0
-  if config.preservation not in ('resnet18', 'none'):
+  if config.preservation not in ('resnet18', 'none', 'synthetic_faces'):
     raise ValueError(f"preservation={config.preservation!r}: expected "
-                     "'resnet18' or 'none'")
+                     "'resnet18', 'synthetic_faces' or 'none'")
+  if (config.preservation == 'synthetic_faces' and
+      float(config.lambda_id) > 0):
+    from l2m_jax import face_priors  # pylint: disable=g-import-not-at-top
+    if not config.get('preservation_checkpoint'):
+      raise ValueError("preservation_checkpoint is empty: preservation="
+                       "'synthetic_faces' needs a PreservationNet trained by "
+                       'l2m_jax.face_priors')
+    frozen['preservation'], _ = face_priors.load(
+        config.preservation_checkpoint, preservation_lib.FORMAT)
+  if need_fan and config.get('landmark_checkpoint'):
+    from l2m_jax import face_priors  # pylint: disable=g-import-not-at-top
+    frozen['landmarks'], _ = face_priors.load(config.landmark_checkpoint,
+                                              landmarks_lib.FORMAT)
+    need_fan = False
   l2m_vars = {}
   if config.l2m_checkpoint:
     from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
@@ -319,7 +339,7 @@ def train_step(state: L2MTrainState, batch: Mapping[str, jax.Array],
   x, y, y_trg = batch['x_src'], batch['y_src'], batch['y_trg']
   gen, enc, disc = models.generator, models.style_encoder, models.discriminator
   use_masks = float(config.w_hpf) > 0
-  masks_of = ((lambda img: fan_lib.get_masks(frozen['fan'], img))
+  masks_of = ((lambda img: landmarks_lib.masks_from_frozen(frozen, img))
               if use_masks else (lambda img: None))
   masks = masks_of(x)  # M = FAN(x), once per iteration (spec §e.2)
 
@@ -356,6 +376,11 @@ def train_step(state: L2MTrainState, batch: Mapping[str, jax.Array],
           frozen['vgg'], losses.imagenet_normalize(
               jnp.concatenate([x, x_fake], axis=0)))
       ident = losses.perceptual_loss(*jnp.split(feats, 2, axis=0))
+      total = total + float(config.lambda_id) * ident
+      metrics['g_loss_id'] = ident
+    elif 'preservation' in frozen:
+      ident = preservation_lib.preservation_loss(frozen['preservation'], x,
+                                                 x_fake)
       total = total + float(config.lambda_id) * ident
       metrics['g_loss_id'] = ident
     metrics['g_loss'] = total
@@ -402,7 +427,7 @@ def sample_edits(models: Models, ema: Mapping[str, Any],
     [len(degrees), N, S, S, 3] edited images (not clamped).
   """
   y_trg = (y + 1) % models.model_config.num_domains
-  masks = (fan_lib.get_masks(frozen['fan'], x)
+  masks = (landmarks_lib.masks_from_frozen(frozen, x)
            if models.model_config.w_hpf > 0 else None)
   s, _, s_r, s_rh = models.style_encoder.apply(
       {'params': ema['style_encoder']}, x, y, y_trg)
@@ -428,7 +453,7 @@ def export_ema(out_dir: str | os.PathLike, state_ema: Mapping[str, Any],
   """
   variables = {'generator': {'params': state_ema['generator']},
                'style_encoder': {'params': state_ema['style_encoder']}}
-  for name in ('fan', 'vgg'):
+  for name in ('fan', 'vgg', 'landmarks'):
     if name in frozen:
       variables[name] = frozen[name]
   key_map = {}
@@ -612,8 +637,9 @@ def _maybe_fid(config, models, state_ema, frozen, step, writer, workdir,
         'stargan_v2', config.inception_checkpoint, batch_size=per_process)
   variables = {'generator': {'params': state_ema['generator']},
                'style_encoder': {'params': state_ema['style_encoder']}}
-  if 'fan' in frozen:
-    variables['fan'] = frozen['fan']
+  for name in ('fan', 'landmarks'):
+    if name in frozen:
+      variables[name] = frozen[name]
   data = pathlib.Path(config.data_dir)
   main = parallel.is_main_process()
   result = l2m_eval.evaluate_l2m(
@@ -631,14 +657,17 @@ def _maybe_fid(config, models, state_ema, frozen, step, writer, workdir,
                               for k, v in dict(result).items()})
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> L2MTrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       hooks: tuple[Callable[[int], Any], ...] = ()
+                       ) -> L2MTrainState:
   """Trains L2M-GAN per `config` in `workdir`; resumes from its checkpoints.
 
   Writes `checkpoints/` (orbax), TensorBoard metrics, `samples/*.png` and
   `ema_export/` (the EMA params in format 'l2m_gan'). Multi-process: every
   process runs this; collectives (saves, exports, FID statistics) are
-  reached by all, files are written by the main process.
+  reached by all, files are written by the main process. `hooks` are called
+  with the step number after every step, after clu's (e.g. a progress
+  printer).
 
   Returns:
     The final train state (replicated global arrays).
@@ -658,10 +687,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   parallel.sync('workdir')
   # SIGTERM is caught from here on (the loop decides when to stop).
   with checkpointing.WorkdirLock(workdir), _Preemption() as preempt:
-    return _train_and_evaluate(config, workdir, preempt)
+    return _train_and_evaluate(config, workdir, preempt, hooks)
 
 
-def _train_and_evaluate(config, workdir, preempt):
+def _train_and_evaluate(config, workdir, preempt, hooks=()):
   """train_and_evaluate with the workdir locked."""
   domain_names = input_pipeline.check_layout(
       config.data_dir, config.train_split, config.val_split,
@@ -696,7 +725,7 @@ def _train_and_evaluate(config, workdir, preempt):
                                     int(config.keep_checkpoints))
   try:
     return _loop(config, workdir, mngr, models, frozen, init_fn, mesh,
-                 meta_out, check_meta, preempt)
+                 meta_out, check_meta, preempt, hooks)
   finally:
     # Also on errors: finish the last good asynchronous save.
     mngr.wait_until_finished()
@@ -704,7 +733,7 @@ def _train_and_evaluate(config, workdir, preempt):
 
 
 def _loop(config, workdir, mngr, models, frozen, init_fn, mesh, meta_out,
-          check_meta, preempt):
+          check_meta, preempt, extra_hooks=()):
   """Restore or init, then the train loop."""
   main = parallel.is_main_process()
   rep = parallel.replicated_sharding(mesh)
@@ -770,7 +799,7 @@ def _loop(config, workdir, mngr, models, frozen, init_fn, mesh, meta_out,
     first = None
     dstate, metrics = compiled(dstate, batch, frozen_dev)
     step += 1
-    for h in hooks:
+    for h in hooks + list(extra_hooks):
       h(step)
     last = step == total
     if step % int(config.log_every) == 0 or last:

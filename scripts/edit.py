@@ -141,6 +141,10 @@ def main(argv=None) -> int:
   print(f'model: img_size {config.img_size}, domains {list(config.domains)}, '
         f'w_hpf {config.w_hpf}; editing {config.domains[source]} -> '
         f'{config.domains[target]} at degrees {args.degrees}', flush=True)
+  # Photos under --align are expected to be large: only the provenance
+  # warning applies to them.
+  for w in editing.input_warnings(config, () if args.align else paths):
+    print(f'warning: {w}', file=sys.stderr)
   if args.align:
     return _edit_photos(args, paths, variables, config, source, target)
 

@@ -1,11 +1,19 @@
 """Tests of the one-command demo (l2m_jax/demo.py, configs/demo.py).
 
 `test_demo_stages_smoke` (default suite) runs every demo stage except the
-GAN training loop, on a random-weight EMA export; the full end-to-end run at
-the 'quick' size compiles the training step and is marked slow.
+GAN training loop, on a random-weight EMA export, and recomputes the
+reported metrics from the saved edits with independent code (numpy, the
+renderer's region masks, the saved metric models). The end-to-end runs at
+the 'quick' size (slow) check the log, the outputs and that two runs give
+byte-identical metrics and grids.
 """
 
+import importlib.util
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -14,48 +22,112 @@ from PIL import Image
 
 from configs import demo as demo_config
 from l2m_jax import demo
+from l2m_jax import editing
 from l2m_jax import train_l2m
 from l2m_jax.convert import l2m as l2m_convert
 from l2m_jax.datasets import synthetic_faces as sf
+from l2m_jax.evaluation import editing_metrics as em
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _check_outputs(tmp_path, config, metrics):
-  """Checks metrics.json, the grid and the TensorBoard events of a demo run."""
+def _load_script(name):
+  spec = importlib.util.spec_from_file_location(
+      name, REPO / 'scripts' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _f(u8):
+  return u8.astype(np.float64) / 127.5 - 1.0
+
+
+def _check_outputs(work, config, metrics):
+  """metrics.json against values recomputed from edits.npz; the grid."""
   attr = config.demo.attribute
-  on_disk = json.loads((tmp_path / 'metrics.json').read_text())
+  on_disk = json.loads((work / 'metrics.json').read_text())
+  assert metrics['edits'] == on_disk['edits']
   assert on_disk['attribute'] == attr
   assert on_disk['domains'] == list(sf.DOMAINS[attr])
-  edits = on_disk['edits']
-  for a in config.demo.degrees:
-    m = edits[f'degree={a:g}']
-    assert 0.0 <= m['attribute_accuracy'] <= 1.0
-    assert np.isfinite(m['identity_error'])
-    assert m['pixel_change_outside'] >= 0.0
-  assert edits['fid']['status'] == 'skipped'  # no Inception weights offline
-  assert 0.0 <= on_disk['classifier_heldout_accuracy'][attr] <= 1.0
-  assert metrics['edits'] == on_disk['edits']
-  # Grid: one row per source, columns = source + one per degree; the source
-  # column holds the generated val faces named in metrics.json, in order.
-  grid = np.asarray(Image.open(tmp_path / 'demo_grid.png'))
-  s, pad = config.img_size, 2
-  n_rows = config.demo.grid_sources
-  assert grid.shape == (n_rows * (s + pad) + pad,
-                        (1 + len(config.demo.degrees)) * (s + pad) + pad, 3)
+  assert on_disk['training_data'] == f'synthetic_faces:{attr}:32px:seed0'
+  s = config.img_size
   val = sf.generate_arrays(config.demo.num_val, s, config.demo.data_seed,
                            'val')
+  x = _f(val['image'])
+  y = val[attr]
+  saved = np.load(work / 'edits.npz')
+  edits, degrees = saved['edits'], saved['degrees']
+  np.testing.assert_array_equal(degrees, config.demo.degrees)
+  assert edits.shape == (len(degrees), len(x), s, s, 3)
+  np.testing.assert_array_equal(saved['source_labels'], y)
+  # Pixel change outside the renderer's region masks, in numpy.
+  outside = 1.0 - sf.region_masks(val['identity'], attr, s)[..., None]
+  def pix(img):
+    return float((np.abs(_f(img) - x) * outside).sum() /
+                 (outside.sum() * 3))
+  # The saved metric models, applied to the saved edits.
+  k = sf.ATTRIBUTES.index(attr)
+  c_apply, c_params, _ = em.load_model(work / 'metric_models' / 'classifier',
+                                       em.CLASSIFIER_FORMAT)
+  r_apply, r_params, _ = em.load_model(
+      work / 'metric_models' / 'identity_regressor', em.REGRESSOR_FORMAT)
+  logits = lambda img: np.asarray(jax.jit(c_apply)(c_params, _f(img)))[:, k]
+  ident = lambda img: np.asarray(jax.jit(r_apply)(r_params, img))
+  id_src = ident(x)
+  id_err = lambda img: float(np.mean(np.linalg.norm(
+      ident(_f(img)) - id_src, axis=1)))
+  base = id_err(edits[list(degrees).index(0.0)])
+  for j, a in enumerate(degrees):
+    m = on_disk['edits'][f'degree={a:g}']
+    np.testing.assert_allclose(m['pixel_change_outside'], pix(edits[j]),
+                               rtol=1e-5, atol=1e-7)
+    want = y if a == 0 else 1 - y
+    np.testing.assert_allclose(m['attribute_accuracy'],
+                               np.mean((logits(edits[j]) > 0) == want))
+    np.testing.assert_allclose(m['identity_error'], id_err(edits[j]),
+                               rtol=1e-4)
+    if a != 0:
+      np.testing.assert_allclose(m['identity_error_baseline'], base,
+                                 rtol=1e-4)
+  # The exact counterfactual: the renderer with the attribute flipped.
+  cf = saved['counterfactuals']
+  ident0, attrs0 = sf.sample_face(config.demo.data_seed, 'val', 0)
+  np.testing.assert_array_equal(
+      cf[0], sf.render_face(ident0, {**attrs0, attr: 1 - attrs0[attr]}, s))
+  ref = on_disk['references']['exact_counterfactual']
+  np.testing.assert_allclose(ref['pixel_change_outside'], pix(cf),
+                             rtol=1e-5, atol=1e-7)
+  assert pix(cf) < 0.02  # only the region changes (up to anti-aliasing)
+  assert edits[:, :, :, :, :].std() > 0
+  assert on_disk['edits']['fid']['status'] == 'skipped'  # no Inception here
+  # Grid: rows = sources; columns = source, degrees, counterfactual.
+  grid = np.asarray(Image.open(work / 'demo_grid.png'))
+  big = np.asarray(Image.open(work / 'demo_grid_large.png'))
+  z = demo.GRID_ZOOM
+  assert z >= 4 and big.shape == (grid.shape[0] * z, grid.shape[1] * z, 3)
+  np.testing.assert_array_equal(big[::z, ::z], grid)  # nearest-neighbour:
+  np.testing.assert_array_equal(big[z - 1::z, z - 1::z], grid)  # flat blocks
+  pad = 2
+  n_rows = config.demo.grid_sources
+  cols = 2 + len(degrees)
+  assert grid.shape == (n_rows * (s + pad) + pad, cols * (s + pad) + pad, 3)
   order = on_disk['grid_sources']
-  assert len(order) == n_rows
-  labels = val[attr][order]
-  assert set(labels.tolist()) == {0, 1}  # both edit directions are shown
+  np.testing.assert_array_equal(saved['grid_sources'], order)
+  assert set(y[order].tolist()) == {0, 1}  # both edit directions are shown
+  tile = lambda r, c: grid[pad + r * (s + pad):pad + r * (s + pad) + s,
+                           pad + c * (s + pad):pad + c * (s + pad) + s]
   for r, i in enumerate(order):
-    y0 = pad + r * (s + pad)
-    np.testing.assert_array_equal(grid[y0:y0 + s, pad:pad + s],
-                                  val['image'][i])
-  assert list((tmp_path / 'train').glob('events.out.tfevents*'))
+    np.testing.assert_array_equal(tile(r, 0), val['image'][i])
+    for j in range(len(degrees)):
+      np.testing.assert_array_equal(tile(r, 1 + j), edits[j, i])
+    np.testing.assert_array_equal(tile(r, cols - 1), cf[i])
+  assert list((work / 'train').glob('events.out.tfevents*'))
+  return on_disk
 
 
-def test_demo_stages_smoke(tmp_path):
-  """Data export, a random-weight EMA export, edits, metrics and outputs."""
+def test_demo_stages_smoke(tmp_path, capsys):
+  """Every stage but the GAN training loop; metrics recomputed from files."""
   config = demo_config.get_config('quick')
   config.demo.metric_steps = 5
   info = demo.generate_data(config, str(tmp_path))
@@ -66,32 +138,60 @@ def test_demo_stages_smoke(tmp_path):
     files = list((tmp_path / 'data' / split).glob('*/*.png'))
     assert len(files) == num == sum(info['counts'][split].values())
     assert {f.parent.name for f in files} == set(sf.DOMAINS[attr])
-  # The val files are the arrays the evaluation regenerates.
-  val = sf.generate_arrays(config.demo.num_val, config.img_size,
-                           config.demo.data_seed, 'val')
-  dom = sf.DOMAINS[attr][val[attr][0]]
-  first = sorted((tmp_path / 'data' / 'val' / dom).glob('*.png'))[0]
-  np.testing.assert_array_equal(np.asarray(Image.open(first)),
-                                val['image'][0])
+  lm_info = demo.train_landmarks(config, str(tmp_path))
+  assert config.landmark_checkpoint == str(
+      tmp_path.resolve() / 'priors' / 'landmarks')
+  assert lm_info['val_peak_error_mean_px'] > 0
+  demo.train_preservation(config, str(tmp_path))
+  assert (tmp_path / 'priors' / 'preservation' / 'meta.json').is_file()
+  capsys.readouterr()
+  # Same settings: both networks are reused, not retrained.
+  demo.train_landmarks(config, str(tmp_path))
+  demo.train_preservation(config, str(tmp_path))
+  out = capsys.readouterr().out
+  assert out.count('reusing') == 2, out
 
-  # An untrained EMA export in the training's format (no training loop).
+  # An untrained EMA export in the training's format (no training loop),
+  # with the landmark network as load_frozen gives it.
   models = train_l2m.create_models(config, list(sf.DOMAINS[attr]))
   state = train_l2m.create_train_state(config, models, jax.random.key(0))
+  frozen = train_l2m.load_frozen(config, jax.random.key(1))
+  assert set(frozen) == {'landmarks', 'preservation'}
   ckpt = tmp_path / 'train' / 'ema_export'
-  train_l2m.export_ema(ckpt, state.ema, {}, models.model_config, 0,
+  train_l2m.export_ema(ckpt, state.ema, frozen, models.model_config, 0,
                        str(tmp_path / 'train'))
+  variables, mc = l2m_convert.load_l2m_checkpoint(ckpt)
+  assert 'landmarks' in variables and 'fan' not in variables
+  assert mc.training_data == demo.training_data_tag(config)
+  assert editing.input_warnings(mc)  # "trained on the generated faces"
   metrics = demo.evaluate(config, str(tmp_path), ckpt, {'data_s': 0.0})
   _check_outputs(tmp_path, config, metrics)
   # Degree 0 of an untrained model is not the identity: the metrics must see
   # the edits, not the sources.
   assert metrics['edits']['degree=0']['pixel_change_outside'] > 0.01
-  assert (tmp_path / 'metric_models' / 'classifier' / 'meta.json').exists()
-  # The exact counterfactual changes only the attribute's region (up to the
-  # anti-aliased mask border), unlike any untrained generator.
-  ref = metrics['references']
-  assert ref['exact_counterfactual']['pixel_change_outside'] < 0.02
-  assert ref['exact_counterfactual']['identity_error'] >= 0.0
-  assert ref['different_faces_identity_error'] > 0.0
+  lines = demo.summary_lines(metrics, tmp_path)
+  # scripts/demo_report.py: the docs' tables from metrics.json.
+  report = _load_script('demo_report')
+  assert report.main([str(tmp_path)]) == 0
+  out = capsys.readouterr().out
+  d1 = metrics['edits']['degree=1']
+  assert (f'| **1 (the edit)** | {d1["attribute_accuracy"]:.3f} | '
+          f'{d1["identity_error"]:.3f} | {d1["identity_error_ratio"]:.3f} | '
+          f'{d1["pixel_change_outside"]:.3f} |') in out
+  # The verdicts follow the values and the bounds.
+  assert '| attribute accuracy | ' in out and '>= 0.95 |' in out
+  met = {n: ok for n, _, _, _, ok in demo.target_checks(metrics)}
+  assert met['pixel change outside'] == (d1['pixel_change_outside'] <= 0.06)
+  d0 = metrics['edits']['degree=0']['pixel_change_outside']
+  assert met['reconstruction pixel change outside'] == (d0 <= 0.05)
+  assert report.main([f'x={tmp_path}', f'y={tmp_path / "metrics.json"}']) == 0
+  rows = [l for l in capsys.readouterr().out.splitlines()
+          if l.startswith(('| x ', '| y '))]
+  assert len(rows) == 2 and rows[0][4:] == rows[1][4:]
+  assert report.main([str(tmp_path / 'data')]) == 2
+  assert 'metrics.json' in capsys.readouterr().err
+  assert any(str(tmp_path / 'demo_grid.png') in l for l in lines)
+  assert any('docs/editing.md' in l for l in lines)
 
   with pytest.raises(ValueError, match='config.img_size'):
     wrong = demo_config.get_config('quick')
@@ -99,17 +199,54 @@ def test_demo_stages_smoke(tmp_path):
     demo.evaluate(wrong, str(tmp_path), ckpt)
 
 
-@pytest.mark.slow  # compiles the GAN init and train step: 45-75 s on 2 cores
-def test_quick_demo_end_to_end(tmp_path):
+def _run_quick_demo(workdir, *extra):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  env.pop('XLA_FLAGS', None)  # one CPU device, as a user runs it
+  out = subprocess.run(
+      [sys.executable, '-m', 'l2m_jax.demo', '--config=configs/demo.py:quick',
+       f'--workdir={workdir}', *extra], cwd=REPO, env=env,
+      capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  return out.stdout + out.stderr
+
+
+@pytest.mark.slow  # two quick demos (mostly compilation): ~2-3 min on 2 cores
+def test_quick_demo_log_outputs_and_determinism(tmp_path):
+  log = _run_quick_demo(tmp_path / 'a')
+  lines = log.splitlines()
+  # Quiet log: each stage once, compile notices, progress, summary; no
+  # library INFO (orbax, clu scalars, parameter tables, TF notices).
+  for stage in range(1, demo.NUM_STAGES + 1):
+    assert sum(l.split('] ', 1)[-1].startswith(f'{stage}/{demo.NUM_STAGES} ')
+               for l in lines) == 1, (stage, log)
+  assert 'compiling' in log
+  assert 'training: 2/2 (100%)' in log or 'first step done' in log
+  assert len(lines) < 60, log
+  for noise in ('INFO', 'orbax', 'parameter', 'I0000', 'cpu_feature_guard'):
+    assert noise not in log, noise
+  assert str(tmp_path / 'a' / 'demo_grid.png') in log
   config = demo_config.get_config('quick')
-  metrics = demo.run_demo(config, str(tmp_path))
-  _check_outputs(tmp_path, config, metrics)
+  work = tmp_path / 'a'
+  metrics = json.loads((work / 'metrics.json').read_text())
+  _check_outputs(work, config, metrics)
   assert metrics['train_steps'] == config.total_iters
-  assert set(metrics['timings_s']) >= {'data_s', 'train_s', 'total'}
-  # The EMA export loads as an 'l2m_gan' checkpoint (what scripts/edit.py uses).
-  _, mc = l2m_convert.load_l2m_checkpoint(tmp_path / 'train' / 'ema_export')
-  assert mc.img_size == config.img_size
-  assert list((tmp_path / 'train' / 'samples').glob('*.png'))
+  assert set(metrics['timings_s']) >= {'data_s', 'landmarks_s', 'train_s',
+                                       'total'}
+  _, mc = l2m_convert.load_l2m_checkpoint(work / 'train' / 'ema_export')
+  assert mc.img_size == config.img_size and mc.w_hpf > 0
+  assert list((work / 'train' / 'samples').glob('*.png'))
+
+  # A second fresh run on this machine: identical metrics and grid bytes.
+  _run_quick_demo(tmp_path / 'b')
+  strip = lambda m: {k: v for k, v in m.items()
+                     if k not in ('timings_s', 'checkpoint')}
+  b = json.loads((tmp_path / 'b' / 'metrics.json').read_text())
+  assert strip(b) == strip(metrics)
+  assert ((tmp_path / 'a' / 'demo_grid.png').read_bytes() ==
+          (tmp_path / 'b' / 'demo_grid.png').read_bytes())
+  # --verbose brings the library logs back.
+  verbose = _run_quick_demo(tmp_path / 'a', '--verbose')
+  assert 'reusing' in verbose and ('INFO' in verbose or 'I0' in verbose)
 
 
 def test_demo_config_sizes():
@@ -117,7 +254,7 @@ def test_demo_config_sizes():
   quick = demo_config.get_config('quick')
   assert quick.total_iters < full.total_iters
   assert full.demo.attribute == 'grey_hair'
-  assert full.demo.attribute in sf.ATTRIBUTES
+  assert full.w_hpf > 0 and full.preservation == 'synthetic_faces'
   # The demo model is the narrow one (base_dim), not the official width rule.
   mc = train_l2m.model_config_from(full)
   assert mc.base_dim == 32 and mc.img_size == 32

@@ -1,6 +1,7 @@
 """End-to-end: convert a tiny official-format checkpoint, run scripts/edit.py."""
 
 import importlib.util
+import json
 import pathlib
 import subprocess
 import sys
@@ -99,3 +100,44 @@ def test_edit_script_runs_as_file(tmp_path):
   assert files[-1].name in r.stderr
   assert 'Traceback' not in r.stderr and 'Event loop' not in r.stderr
   assert not (tmp_path / 'o2').exists()
+
+
+def test_edit_warns_for_generated_face_models_and_large_inputs(tmp_path,
+                                                               capsys):
+  """scripts/edit.py says when inputs do not fit what the model knows."""
+  nets = lc.build_torch_nets(img_size=32, max_conv_dim=8, style_dim=8,
+                             w_hpf=0, seed=63)
+  ckpt = lc.save_checkpoint(nets, tmp_path / 'src')
+  _load_script('convert_checkpoint').main([str(ckpt), '--out',
+                                          str(tmp_path / 'model')])
+  small = tmp_path / 'small'
+  small.mkdir()
+  Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(small / 's.png')
+  big = tmp_path / 'big'
+  big.mkdir()
+  Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(big / 's.png')
+  Image.fromarray(np.zeros((256, 200, 3), np.uint8)).save(big / 'photo.jpg')
+  edit = _load_script('edit')
+
+  def run(model, inputs):
+    rc = edit.main(['--checkpoint', str(model), '--input', str(inputs),
+                    '--target', 'smile', '--out', str(tmp_path / 'out')])
+    assert rc == 0
+    return capsys.readouterr().err
+
+  # An official-format conversion of unknown provenance, inputs up to 4x
+  # the model's 32 px: no warning.
+  assert 'warning' not in run(tmp_path / 'model', small)
+  # An input 8x the model's size.
+  err = run(tmp_path / 'model', big)
+  assert 'warning: 1 input(s) are far larger' in err
+  assert 'photo.jpg (200x256)' in err and 's.png' not in err
+  # A checkpoint whose meta says it was trained on the generated faces (what
+  # the demo's EMA export records).
+  meta_file = tmp_path / 'model' / 'meta.json'
+  meta = json.loads(meta_file.read_text())
+  meta['config']['training_data'] = 'synthetic_faces:smiling:32px:seed0'
+  meta_file.write_text(json.dumps(meta))
+  err = run(tmp_path / 'model', small)
+  assert 'warning: this checkpoint was trained on the generated' in err
+  assert 'docs/editing.md' in err

@@ -467,8 +467,8 @@ def load_l2m_checkpoint(path: str | os.PathLike
   """Loads a converted 'l2m_gan' directory, validated against init shapes.
 
   Returns:
-    (variables {'generator', 'style_encoder'[, 'fan'][, 'vgg']
-    [, 'discriminator']} of numpy arrays, config).
+    (variables {'generator', 'style_encoder'[, 'fan' or 'landmarks']
+    [, 'vgg'][, 'discriminator']} of numpy arrays, config).
 
   Raises:
     FileNotFoundError: not a converted checkpoint directory.
@@ -485,10 +485,26 @@ def load_l2m_checkpoint(path: str | os.PathLike
   # The networks present, from the key map ('generator.from_rgb.weight').
   present = {k.split('.', 1)[0] for k in meta.get('key_map', {})}
   template = l2m_models.init_shapes(config, 'discriminator' in present)
-  if config.w_hpf > 0:
+  if config.w_hpf > 0 and 'landmarks' not in present:
     template['fan'] = _fan_template()
   if 'vgg' in present:
     template['vgg'] = _resnet_template()
-  variables, _ = t2f.load_converted(path, template)
+  if 'landmarks' not in present:
+    variables, _ = t2f.load_converted(path, template)
+    return variables, config
+  # A LandmarkNet trained on generated faces makes the masks instead of the
+  # FAN (l2m_jax.models.landmarks); its width comes from its shapes.
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from l2m_jax.models import landmarks  # pylint: disable=g-import-not-at-top
+  variables, _ = t2f.load_converted(path)
+  try:
+    net = landmarks.model_from_variables(variables.get('landmarks', {}))
+  except ValueError as e:
+    raise ValueError(f'{path}: landmarks: {e}') from e
+  template['landmarks'] = jax.eval_shape(
+      net.init, jax.random.key(0),
+      jnp.zeros((1, net.input_size, net.input_size, 3), jnp.float32))
+  t2f.check_against_template(str(path), variables, template)
   return variables, config
 

@@ -385,6 +385,125 @@ def _draw(identity, attributes, size: int, supersample: int,
   return img
 
 
+# ----------------------------------------------------------------------------
+# Landmarks in the WFLW 98-point layout (the FAN's output channels).
+
+NUM_LANDMARKS = 98
+# WFLW index ranges (half-open), image-left first as in WFLW annotations.
+LANDMARK_GROUPS = {
+    'contour': (0, 33),        # jaw line, image-left ear -> chin (16) -> right
+    'left_brow': (33, 42),     # 33-37 upper edge outer -> inner, 38-41 lower
+    'right_brow': (42, 51),    # 42-46 upper edge inner -> outer, 47-50 lower
+    'nose_bridge': (51, 55),   # top -> tip, along the drawn nose line
+    'nostrils': (55, 60),      # the nose's bottom stroke, left -> right
+    'left_eye': (60, 68),      # 60 outer corner, 61-63 upper lid, 64 inner
+    'right_eye': (68, 76),     # 68 inner corner, 69-71 upper lid, 72 outer
+    'outer_lip': (76, 88),     # 76 left corner, 77-81 upper, 82 right corner
+    'inner_lip': (88, 96),     # 88 left corner, 89-91 upper, 92 right corner
+    'pupils': (96, 98),        # 96 left, 97 right
+}
+
+
+def _polyline_points(pts: np.ndarray, ts: Sequence[float]) -> np.ndarray:
+  """Points at fractions `ts` of the arc length of a polyline [K, 2]."""
+  pts = np.asarray(pts, np.float64)
+  seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+  cum = np.concatenate([[0.0], np.cumsum(seg)])
+  out = []
+  for t in ts:
+    d = float(t) * cum[-1]
+    k = min(int(np.searchsorted(cum, d, side='right')) - 1, len(seg) - 1)
+    f = 0.0 if seg[k] == 0 else (d - cum[k]) / seg[k]
+    out.append(pts[k] + f * (pts[k + 1] - pts[k]))
+  return np.asarray(out)
+
+
+def landmarks(identity: Sequence[float], attributes: Mapping[str, int]
+              ) -> np.ndarray:
+  """The 98 WFLW-layout landmarks of a face, from its drawing geometry.
+
+  Points lie on the drawn features (face ellipse, eyebrow strokes, nose
+  stroke, eye ellipses, the lip stroke's edges and centre line, pupil
+  centres) and follow the pose rotation; only the mouth depends on the
+  attributes (`smiling`). Eyeglasses and hair do not move any landmark.
+
+  Returns:
+    float64 [98, 2] (x, y) in canvas units: (0, 0) is the top-left corner of
+    the image and (1, 1) its bottom-right corner, so pixel-centre coordinates
+    at size S are `landmarks * S - 0.5`.
+  """
+  missing = [a for a in ATTRIBUTES if a not in attributes]
+  if missing:
+    raise ValueError(f'attributes lack {missing}; expected keys {ATTRIBUTES}')
+  g = _geometry(identity)
+  pts = np.zeros((NUM_LANDMARKS, 2), np.float64)
+  # Jaw: the face ellipse from the left (angle pi) over the chin (pi / 2,
+  # y grows downwards) to the right (0).
+  t = np.linspace(math.pi, 0.0, 33)
+  pts[0:33] = np.stack([g.cx + g.face_a * np.cos(t),
+                        g.cy + g.face_b * np.sin(t)], axis=1)
+  # Eyebrows: the stroke [outer end, middle, inner end] +- half its width.
+  for sx, (a, _) in ((-1.0, LANDMARK_GROUPS['left_brow']),
+                     (1.0, LANDMARK_GROUPS['right_brow'])):
+    ex = g.cx + sx * g.eye_dx
+    by = g.eye_y - g.eye_ry - 0.035
+    line = np.array([[ex - g.eye_rx, by + 0.008], [ex, by],
+                     [ex + g.eye_rx, by + 0.006]])
+    half = np.array([0.0, g.brow_w / 2])
+    upper = _polyline_points(line, np.linspace(0, 1, 5)) - half
+    lower = _polyline_points(line, np.linspace(0.75, 0.0, 4)[::-1]) + half
+    if sx < 0:  # left brow: 33-37 upper outer (left) -> inner (right),
+      pts[a:a + 5] = upper  # 38-41 lower inner -> outer
+      pts[a + 5:a + 9] = lower[::-1]
+    else:  # right brow: 42-46 upper inner (left) -> outer, 47-50 lower
+      pts[a:a + 5] = upper  # outer -> inner
+      pts[a + 5:a + 9] = _polyline_points(line, np.linspace(1.0, 0.25, 4)
+                                          ) + half
+  # Nose: the stroke top -> bottom-left corner, then the bottom stroke.
+  ny = g.eye_y + 0.03
+  pts[51:55] = _polyline_points(
+      np.array([[g.cx, ny], [g.cx - g.nose_w, ny + g.nose_len]]),
+      np.linspace(0.0, 0.9, 4))
+  pts[55:60] = _polyline_points(
+      np.array([[g.cx - g.nose_w, ny + g.nose_len],
+                [g.cx + g.nose_w * 0.6, ny + g.nose_len]]),
+      np.linspace(0.0, 1.0, 5))
+  # Eyes: corners and lids on the eye ellipse; same angles for both eyes
+  # (first point at the image-left corner, then over the upper lid).
+  ang = np.array([1.0, 0.75, 0.5, 0.25, 0.0, -0.25, -0.5, -0.75]) * math.pi
+  for sx, a in ((-1.0, 60), (1.0, 68)):
+    ex = g.cx + sx * g.eye_dx
+    pts[a:a + 8] = np.stack([ex + g.eye_rx * np.cos(ang),
+                             g.eye_y - g.eye_ry * np.sin(ang)], axis=1)
+    pts[96 if sx < 0 else 97] = (ex, g.eye_y)
+  # Lips: the stroke (width 0.03, round caps) of the mouth curve.
+  curve = _mouth_curve(g, attributes['smiling'], n=49)
+  half_w = 0.015
+  def on_curve(u, dy=0.0, dx=0.0):  # u in [-1, 1] along the curve
+    p = _polyline_points(curve, [(u + 1.0) / 2.0])[0]
+    return p + (dx, dy)
+  pts[76] = on_curve(-1.0, dx=-half_w)
+  for k, u in enumerate(np.linspace(-2 / 3, 2 / 3, 5)):
+    pts[77 + k] = on_curve(u, dy=-half_w)
+  pts[82] = on_curve(1.0, dx=half_w)
+  for k, u in enumerate(np.linspace(2 / 3, -2 / 3, 5)):
+    pts[83 + k] = on_curve(u, dy=half_w)
+  pts[88] = on_curve(-0.9)
+  for k, u in enumerate((-0.5, 0.0, 0.5)):
+    pts[89 + k] = on_curve(u, dy=-0.004)
+  pts[92] = on_curve(0.9)
+  for k, u in enumerate((0.5, 0.0, -0.5)):
+    pts[93 + k] = on_curve(u, dy=0.004)
+  return g.transform(pts)
+
+
+def landmark_arrays(identity: np.ndarray, smiling: np.ndarray) -> np.ndarray:
+  """Batched `landmarks`: identity [N, D], smiling [N] -> float32 [N, 98, 2]."""
+  out = [landmarks(v, {'smiling': int(s), 'eyeglasses': 0, 'grey_hair': 0})
+         for v, s in zip(np.asarray(identity), np.asarray(smiling))]
+  return np.asarray(out, np.float32).reshape(-1, NUM_LANDMARKS, 2)
+
+
 def _supersample(size: int) -> int:
   return 4 if size <= 128 else 2
 
@@ -468,6 +587,43 @@ def generate_arrays(num: int, image_size: int = 64, seed: int = 0,
          'index': np.arange(start, start + num, dtype=np.int64)}
   out.update(labels)
   return out
+
+
+def generate_counterfactuals(num: int, image_size: int, seed: int,
+                             split: str, attribute: str, start: int = 0
+                             ) -> np.ndarray:
+  """Examples [start, start + num) re-rendered with `attribute` flipped.
+
+  The exact counterfactual of each face: same identity vector and other
+  attributes, the attribute's value inverted. Returns uint8 [N, S, S, 3].
+  """
+  _check_attribute(attribute)
+  _check_split(split)
+  _check_size(image_size)
+  out = np.zeros((num, image_size, image_size, 3), np.uint8)
+  for k in range(num):
+    ident, attrs = sample_face(seed, split, start + k)
+    attrs = {**attrs, attribute: 1 - attrs[attribute]}
+    out[k] = render_face(ident, attrs, image_size)
+  return out
+
+
+def preserved_targets(arrays: Mapping[str, np.ndarray],
+                      attribute: str) -> np.ndarray:
+  """What an edit of `attribute` must keep: identity and other attributes.
+
+  Args:
+    arrays: a `generate_arrays` dict.
+    attribute: the edited attribute.
+
+  Returns:
+    float32 [N, IDENTITY_DIM + len(ATTRIBUTES) - 1].
+  """
+  _check_attribute(attribute)
+  others = [arrays[a] for a in ATTRIBUTES if a != attribute]
+  return np.concatenate(
+      [np.asarray(arrays['identity'], np.float32),
+       np.stack(others, axis=1).astype(np.float32)], axis=1)
 
 
 def region_masks(identity: np.ndarray, attribute: str, image_size: int,

@@ -217,7 +217,7 @@ def fid_or_skip(real_images, fake_images, inception_checkpoint: str = '',
               'downloaded offline); pass an Inception .pth file or a folder '
               'converted with scripts/fid.py --weights F.pth --convert-to '
               'DIR (docs/fid.md)')
-    logging.warning('FID SKIPPED: %s', reason)
+    # One line on stdout (an absl warning as well printed it twice).
     print(f'WARNING: FID skipped: {reason}', flush=True)
     return {'status': 'skipped', 'reason': reason}
   path = pathlib.Path(inception_checkpoint)

@@ -55,6 +55,9 @@ class L2MModelConfig:
     domains: domain names in label order (sorted folder names).
     base_dim: first-conv width of G, E and D; None (official) means
       2^14 // img_size. Small values make CPU-sized models.
+    training_data: what the model was trained on, recorded by the training
+      (config.training_data); '' = unknown. 'synthetic_faces...' marks a
+      model of the generated faces (`l2m_jax.editing.input_warnings`).
   """
   img_size: int = 256
   style_dim: int = 64
@@ -63,6 +66,7 @@ class L2MModelConfig:
   w_hpf: float = 1
   domains: Tuple[str, ...] = DEFAULT_DOMAINS_2
   base_dim: Optional[int] = None
+  training_data: str = ''
 
   def __post_init__(self):
     object.__setattr__(self, 'domains', tuple(str(d) for d in self.domains))

@@ -1,0 +1,92 @@
+"""A preservation network for the generated faces, and its loss.
+
+L2M-GAN's preservation term compares the source and the edited image in the
+feature space of a frozen network: an identity network (ArcFace, spec'd but
+not released) or the ImageNet ResNet-18 kept in the checkpoint as `vgg`
+(`l2m_jax.models.resnet`; the runnable reference compares its outputs with
+an L1 loss). For the generated faces of `l2m_jax.datasets.synthetic_faces`
+`PreservationNet` is trained in its place: it regresses everything of a face
+except the edited attribute (the identity vector and the two other binary
+attributes), and its features are trained to agree between a face and the
+same face rendered with the attribute flipped (`l2m_jax.face_priors`).
+
+`preservation_loss(variables, x, x_hat)` is the mean over the feature layers
+of the mean absolute feature difference, so each layer counts the same
+whatever its size.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+
+FORMAT = 'preservation_net'  # meta.json format of a saved PreservationNet
+HIDDEN = 64  # size of the dense feature layer
+
+
+class PreservationNet(nn.Module):
+  """Four stride-2 3x3 convs (GroupNorm, LReLU), a dense layer and a head.
+
+  Call: x [N, S, S, 3] in [-1, 1] -> outputs [N, num_outputs], or with
+  `features=True` the list of the five feature maps (four conv outputs and
+  the dense layer), which the preservation loss compares.
+  """
+  num_outputs: int
+  width: int = 16
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, features: bool = False):
+    h = jnp.asarray(x, jnp.float32).astype(self.dtype)
+    feats = []
+    for i, mult in enumerate((1, 2, 4, 4)):
+      f = self.width * mult
+      h = nn.Conv(f, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                  dtype=self.dtype, name=f'conv{i}')(h)
+      h = nn.GroupNorm(num_groups=min(8, f), dtype=self.dtype,
+                       name=f'norm{i}')(h)
+      h = nn.leaky_relu(h, 0.2)
+      feats.append(h)
+    h = nn.Dense(HIDDEN, dtype=self.dtype, name='fc')(
+        h.reshape(h.shape[0], -1))
+    feats.append(h)
+    if features:
+      return [f.astype(jnp.float32) for f in feats]
+    out = nn.Dense(self.num_outputs, dtype=self.dtype, name='head')(
+        nn.leaky_relu(h, 0.2))
+    return out.astype(jnp.float32)
+
+
+def model_from_variables(variables: Mapping[str, Any]) -> PreservationNet:
+  """The PreservationNet whose parameters these are (sizes from shapes)."""
+  try:
+    p = variables['params']
+    width = int(p['conv0']['kernel'].shape[-1])
+    num_outputs = int(p['head']['kernel'].shape[-1])
+  except (KeyError, TypeError) as e:
+    raise ValueError('not PreservationNet variables: expected params/conv0 '
+                     f'and params/head (top-level keys {sorted(variables)})'
+                     ) from e
+  return PreservationNet(num_outputs=num_outputs, width=width)
+
+
+def features(variables: Mapping[str, Any], x) -> list[jax.Array]:
+  """The feature maps that the preservation loss compares."""
+  return model_from_variables(variables).apply(variables, x, features=True)
+
+
+def preservation_loss(variables: Mapping[str, Any], x, x_hat) -> jax.Array:
+  """Mean over layers of mean |F_l(x) - F_l(x_hat)|; the network is frozen.
+
+  Args:
+    variables: PreservationNet variables (gradients are stopped).
+    x: source images [N, S, S, 3] in [-1, 1].
+    x_hat: edited images, same shape; the gradient flows into them.
+  """
+  variables = jax.lax.stop_gradient(variables)
+  both = features(variables, jnp.concatenate([x, x_hat], axis=0))
+  n = x.shape[0]
+  return jnp.mean(jnp.stack([jnp.mean(jnp.abs(f[:n] - f[n:])) for f in both]))
