@@ -29,6 +29,11 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+# torchvision's ImageNet channel statistics (RGB, images in [0, 1]): the input
+# normalisation of the ResNet-18 features and of the L2M-GAN FID Inception.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 # Extensions the official folder loaders accept (case-insensitive).
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 

@@ -28,11 +28,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from l2m_jax import image_io
+
 ORTHOGONALITY_VARIANTS = ('elementwise', 'inner')
 
-# torchvision ImageNet statistics, used by ResNet-18 (spec §b.8).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def d_adversarial_loss(real_logits: jax.Array, fake_logits: jax.Array
@@ -135,8 +134,8 @@ def orthogonality_loss(s_r: jax.Array, s_u: jax.Array, s_r_hat: jax.Array,
 
 def imagenet_normalize(x: jax.Array) -> jax.Array:
   """[-1, 1] images -> ImageNet-normalised input of ResNet-18 (spec §b.8)."""
-  mean = jnp.asarray(IMAGENET_MEAN, x.dtype)
-  std = jnp.asarray(IMAGENET_STD, x.dtype)
+  mean = jnp.asarray(image_io.IMAGENET_MEAN, x.dtype)
+  std = jnp.asarray(image_io.IMAGENET_STD, x.dtype)
   return ((x + 1.0) * 0.5 - mean) / std
 
 

@@ -253,6 +253,26 @@ def process_slice(n: int, index: int | None = None,
   return slice(start, start + base + (1 if index < extra else 0))
 
 
+def process_batch(global_batch: int, index: int | None = None,
+                  count: int | None = None) -> slice:
+  """This process's rows of every global training batch.
+
+  Raises:
+    ValueError: global_batch is not a multiple of the process count (every
+      process must feed the same number of rows to the step).
+  """
+  count = jax.process_count() if count is None else count
+  if global_batch % count:
+    raise ValueError(f'batch_size={global_batch}: must be a multiple of the '
+                     f'process count ({count})')
+  return process_slice(global_batch, index, count)
+
+
+def per_process_batch(global_batch: int) -> int:
+  """Per-process batch of an evaluation whose global batch is given."""
+  return max(1, int(global_batch) // jax.process_count())
+
+
 def max_share(n: int, count: int | None = None) -> int:
   """The largest share any process gets of n items (see process_slice)."""
   count = jax.process_count() if count is None else count

@@ -606,7 +606,7 @@ def _maybe_fid(config, models, state_ema, frozen, step, writer, workdir,
     return
   from l2m_jax.evaluation import fid as fid_lib  # pylint: disable=g-import-not-at-top
   from l2m_jax.evaluation import l2m_eval  # pylint: disable=g-import-not-at-top
-  per_process = max(1, int(config.val_batch_size) // parallel.process_count())
+  per_process = parallel.per_process_batch(config.val_batch_size)
   if 'extractor' not in extractor_cache:
     extractor_cache['extractor'] = fid_lib.make_extractor(
         'stargan_v2', config.inception_checkpoint, batch_size=per_process)

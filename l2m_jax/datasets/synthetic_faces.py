@@ -95,10 +95,18 @@ _HAIR_DARK = np.array([66.0, 46.0, 30.0])   # luma about 50: never near-black
 _HAIR_BROWN = np.array([146.0, 100.0, 58.0])
 
 
-def _check_attribute(attribute: str) -> None:
+def check_attribute(attribute: str, field: str | None = None) -> None:
+  """A ValueError unless `attribute` is one of ATTRIBUTES.
+
+  Args:
+    attribute: the attribute name.
+    field: the config field it came from (e.g. 'config.demo.attribute'),
+      named first in the message.
+  """
   if attribute not in ATTRIBUTES:
-    raise ValueError(f'unknown attribute {attribute!r}; expected one of '
-                     f'{", ".join(ATTRIBUTES)}')
+    where = f'{field}={attribute!r}: ' if field else ''
+    raise ValueError(f'{where}unknown attribute {attribute!r}; expected one '
+                     f'of {", ".join(ATTRIBUTES)}')
 
 
 def _check_split(split: str) -> None:
@@ -334,7 +342,7 @@ def _draw(identity, attributes, size: int, supersample: int,
               [ex + g.eye_rx, g.eye_y - g.eye_ry - 0.035]], 255,
              g.brow_w + 0.03)
     else:
-      _check_attribute(region)
+      check_attribute(region)
     return img
 
   # Clothes and neck.
@@ -430,7 +438,7 @@ def attribute_region_mask(identity: Sequence[float], attribute: str,
     float32 [image_size, image_size] in {0, 1}; 1 = inside the region.
   """
   _check_size(image_size)
-  _check_attribute(attribute)
+  check_attribute(attribute)
   attrs = {a: 0 for a in ATTRIBUTES}
   img = _draw(identity, attrs, image_size, _supersample(image_size),
               region=attribute)
@@ -615,7 +623,7 @@ def export_folder_layout(root: str | pathlib.Path, attribute: str = 'smiling',
   Returns:
     {'root', 'domains', 'counts': {split: {domain: n}}}.
   """
-  _check_attribute(attribute)
+  check_attribute(attribute)
   root = pathlib.Path(root)
   settings = dict(attribute=attribute, image_size=int(image_size),
                   num_train=int(num_train), num_val=int(num_val),

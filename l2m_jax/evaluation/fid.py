@@ -53,8 +53,6 @@ from l2m_jax import parallel
 from l2m_jax.models import inception as inception_lib
 
 INCEPTION_SIZE = 299
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,8 +166,8 @@ def device_normalize(u8: jax.Array, protocol: str | Protocol) -> jax.Array:
   proto = get_protocol(protocol)
   x = jnp.asarray(u8).astype(jnp.float32) / 255.0  # ToTensor
   if proto.name == 'stargan_v2':
-    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-    std = jnp.asarray(IMAGENET_STD, jnp.float32)
+    mean = jnp.asarray(image_io.IMAGENET_MEAN, jnp.float32)
+    std = jnp.asarray(image_io.IMAGENET_STD, jnp.float32)
     return (x - mean) / std
   b, h, w, c = x.shape
   if (h, w) != (INCEPTION_SIZE, INCEPTION_SIZE):
