@@ -34,7 +34,7 @@ def is_user_error(e: BaseException) -> bool:
   # Config validation messages start with the field: "batch_size=3: ...",
   # or with the model config's name.
   return isinstance(e, ValueError) and bool(
-      re.match(r'^((config\.)?[a-z_][a-z0-9_]*(=| is | must )|'
+      re.match(r'^((config\.)?[a-z_][a-z0-9_.]*(=| is | must )|'
                r'L2MModelConfig: )', str(e)))
 
 

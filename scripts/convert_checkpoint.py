@@ -59,14 +59,11 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
   from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(args.input):
-    print(f'error: {args.input}: no such checkpoint file', file=sys.stderr)
-    return 2
-  if (os.path.isdir(args.out) and os.listdir(args.out)
-      and not args.overwrite):
-    print(f'error: {args.out}: already exists and is not empty (pass '
-          '--overwrite to replace it)', file=sys.stderr)
-    return 2
+  from l2m_jax import cli  # pylint: disable=g-import-not-at-top
+  try:
+    cli.check_out_dir(args.out, args.overwrite)
+  except FileExistsError as e:
+    return cli.fail(str(e))
   print(f'converting {args.input} ({args.format}) ...', flush=True)
   try:
     if args.format == 'retinaface':

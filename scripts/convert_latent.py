@@ -91,8 +91,10 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   from l2m_jax.convert import mapper as cm  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import stylegan2 as cs  # pylint: disable=g-import-not-at-top
+  from l2m_jax import cli  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
   try:
+    cli.check_out_dir(args.out, args.overwrite)
     if args.kind == 'stylegan2':
       config = None
       given = dict(size=args.size, style_dim=args.style_dim, n_mlp=args.n_mlp,

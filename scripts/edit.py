@@ -14,7 +14,8 @@ The model config comes from the checkpoint's meta.json; there are no model
 flags. Unreadable or corrupt images are reported (path and reason) and
 skipped; with --strict the run stops before editing anything instead. The
 exit status is 0 when every readable image was edited, 1 when some inputs
-were skipped, 2 on usage errors.
+were skipped, 2 on usage errors (a non-empty --out without --overwrite is
+one).
 
 Ordinary photos (`--align`): a face anywhere in the frame, tilted, any size,
 several faces.
@@ -65,6 +66,9 @@ def parse_args(argv=None):
                  help='edit strengths a (0 = unedited code, 1 = official '
                  'edit, >1 extrapolates); default 1')
   p.add_argument('--out', required=True, help='output directory')
+  p.add_argument('--overwrite', action='store_true',
+                 help='write into a non-empty --out (same-name files are '
+                 'replaced)')
   p.add_argument('--batch-size', type=int, default=8,
                  help='images per device batch (default 8)')
   p.add_argument('--strict', action='store_true',
@@ -106,7 +110,7 @@ def _fail(msg: str) -> int:
 def main(argv=None) -> int:
   args = parse_args(argv)
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from l2m_jax import editing, image_io  # pylint: disable=g-import-not-at-top
+  from l2m_jax import cli, editing, image_io  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
 
@@ -130,6 +134,10 @@ def main(argv=None) -> int:
                    f'{args.detect_max_size}')
   elif args.detector is not None or args.max_faces is not None:
     return _fail('--detector / --max-faces need --align')
+  try:
+    cli.check_out_dir(args.out, args.overwrite)
+  except FileExistsError as e:
+    return _fail(str(e))
 
   # Inputs.
   inp = pathlib.Path(args.input)

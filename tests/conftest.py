@@ -10,6 +10,7 @@ import atexit
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 import types
 
@@ -28,11 +29,22 @@ jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs',
                   MIN_CACHED_COMPILE_SECS)
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# The test-only references (torchvision, pytorch-fid) live in a folder of
+# their own that scripts/test.sh fills; put it on the path of a direct
+# `pytest` run too (and of its subprocesses).
+TEST_DEPS = pathlib.Path(os.environ.get('L2M_TEST_DEPS',
+                                        REPO_ROOT / '.test_deps'))
+if TEST_DEPS.is_dir() and str(TEST_DEPS) not in sys.path:
+  sys.path.insert(0, str(TEST_DEPS))
+  os.environ['PYTHONPATH'] = os.pathsep.join(
+      p for p in (str(TEST_DEPS), os.environ.get('PYTHONPATH')) if p)
+
 # pytorch-fid imports torchvision at import time; make that work on CPU torch.
 from third_party.torchvision_compat import register_shim  # pylint: disable=g-import-not-at-top
 register_shim()
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / 'shared'
 FIXTURES = SHARED / 'fixtures'
 

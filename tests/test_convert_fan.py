@@ -166,7 +166,7 @@ def test_wing_checkpoint_file_errors(state_dict, tmp_path):
     convert_fan.convert_wing_checkpoint(tmp_path / 'absent.ckpt')
   garbage = tmp_path / 'garbage.ckpt'
   garbage.write_bytes(b'this is not a torch file')
-  with pytest.raises(t2f.ConversionError, match='not a loadable torch'):
+  with pytest.raises(t2f.ConversionError, match='is not a PyTorch checkpoint'):
     convert_fan.convert_wing_checkpoint(garbage)
   bare = tmp_path / 'bare.ckpt'
   torch.save(dict(state_dict), bare)

@@ -116,7 +116,7 @@ def test_bad_files(tmp_path):
     l2m_convert.convert_checkpoint(tmp_path / 'absent.ckpt')
   junk = tmp_path / 'junk.ckpt'
   junk.write_bytes(b'this is not a torch checkpoint')
-  with pytest.raises(t2f.ConversionError, match='not a loadable torch'):
+  with pytest.raises(t2f.ConversionError, match='is not a PyTorch checkpoint'):
     l2m_convert.convert_checkpoint(junk)
   tensor_file = tmp_path / 'tensor.ckpt'
   torch.save(torch.zeros(3), tensor_file)

@@ -104,7 +104,7 @@ def test_not_a_generator(tmp_path):
   with pytest.raises(t2f.ConversionError, match='no StyleGAN2 generator'):
     cs.convert_file(tmp_path / 'x.pt', log=lambda *_: None)
   (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
-  with pytest.raises(t2f.ConversionError, match='not a loadable'):
+  with pytest.raises(t2f.ConversionError, match='is not a PyTorch checkpoint'):
     cs.convert_file(tmp_path / 'junk.pt', log=lambda *_: None)
 
 
