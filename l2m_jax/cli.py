@@ -86,9 +86,9 @@ def _config_arg(argv: Sequence[str]) -> str | None:
   return None
 
 
-def _load_config(spec: str):
+def _load_config(value: str):
   """Imports a config file `path[:arg]` and returns get_config(arg)."""
-  path, _, arg = spec.partition(':')
+  path, _, arg = value.partition(':')
   module_spec = importlib.util.spec_from_file_location('_l2m_cli_config',
                                                        path)
   module = importlib.util.module_from_spec(module_spec)
@@ -99,23 +99,23 @@ def _load_config(spec: str):
 def config_problem(argv: Sequence[str], default: str | None = None
                    ) -> str | None:
   """A one-line description of a bad --config path or override, or None."""
-  spec = _config_arg(argv) or default
-  if spec is None:
+  value = _config_arg(argv) or default
+  if value is None:
     return None
-  path = pathlib.Path(spec.partition(':')[0])
+  path = pathlib.Path(value.partition(':')[0])
   if path.is_dir():
-    return f'--config={spec}: is a directory, expected a config .py file'
+    return f'--config={value}: is a directory, expected a config .py file'
   if not path.is_file():
     folder = path.parent if str(path.parent) else pathlib.Path('.')
     names = ([p.name for p in folder.iterdir() if p.suffix == '.py']
              if folder.is_dir() else [])
     match = difflib.get_close_matches(path.name, names, n=1, cutoff=0.5)
     hint = f' (did you mean {folder / match[0]}?)' if match else ''
-    return f'--config={spec}: no such config file{hint}'
+    return f'--config={value}: no such config file{hint}'
   try:
-    config = _load_config(spec)
+    config = _load_config(value)
   except Exception as e:  # pylint: disable=broad-except
-    return (f'--config={spec}: the config file fails to load: '
+    return (f'--config={value}: the config file fails to load: '
             f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
   for a in argv:
     if not a.startswith('--config.'):

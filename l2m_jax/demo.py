@@ -9,7 +9,7 @@ Steps (progress is printed throughout):
      <workdir>/train (orbax checkpoints, TensorBoard logs, sample grids and
      the EMA export <workdir>/train/ema_export that scripts/edit.py loads).
   3. Edits every validation face towards the other domain at the degrees in
-     `config.demo.degrees` (spec l2m_gan.md §a.4; degree 0 = reconstruction).
+     `config.demo.degrees` (docs/method.md#l2m-edit; degree 0 = reconstruction).
   4. Trains the JAX attribute classifier and identity regressor on the
      generated training faces and reports (l2m_jax/evaluation/
      editing_metrics.py): attribute accuracy of the edits, identity error vs

@@ -1,6 +1,7 @@
 """Image files <-> arrays, with the official loaders' conventions.
 
-Conventions (spec l2m_gan.md §d, StarGAN v2 `core/data_loader.py`, `core/utils.py`):
+Conventions (docs/method.md#l2m-numerics, StarGAN v2 `core/data_loader.py`,
+`core/utils.py`):
 
 * Reading: PIL open -> RGB (RGBA and grayscale are converted) -> optional
   resize to (size, size) with PIL bilinear (antialiased when downsampling, as

@@ -1,11 +1,12 @@
 """Input pipeline: the StarGAN v2 / L2M-GAN folder layout through tfds + tf.data.
 
-Layout (spec /work/shared/spec/l2m_gan.md §g): `<data_dir>/train/<domain>/*`
+Layout (docs/method.md#l2m-data): `<data_dir>/train/<domain>/*`
 and `<data_dir>/val/<domain>/*` (.jpg/.jpeg/.png), labels = sorted domain
 folder names. Folders are read with `tfds.ImageFolder`, which fixes the file
 list, the label names and their order.
 
-Training batches reproduce StarGAN v2's `data_loader.py` (spec §e.2):
+Training batches reproduce StarGAN v2's `data_loader.py`
+(docs/method.md#l2m-training):
 
 * source (x, y): `WeightedRandomSampler` with per-sample weight 1/|class| and
   replacement, i.e. every image of a batch is an i.i.d. draw with class-

@@ -1,4 +1,4 @@
-"""Training entry point (house style §3; [F] examples/imagenet/main.py).
+"""Training entry point (as google/flax examples/imagenet/main.py).
 
   python -m l2m_jax.main --config=configs/l2m_celebahq.py --workdir=runs/smile \
       --config.data_dir=data/celeba_hq

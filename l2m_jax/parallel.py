@@ -45,7 +45,7 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
 
   The axis type is passed explicitly as Auto: JAX 0.10 defaults to Explicit,
   under which concatenating a batch-sharded array with a replicated one fails
-  with ShardingTypeError (house style §6).
+  with ShardingTypeError.
   """
   n = jax.device_count() if num_devices is None else num_devices
   if n < 1 or n > jax.device_count():

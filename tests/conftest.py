@@ -59,7 +59,7 @@ def compilation_env() -> dict[str, str]:
 
 @pytest.fixture
 def faces_dir():
-  """The real face photos in ../shared/fixtures/faces, or a skip when absent."""
+  """The real face photos in FIXTURES / 'faces', or a skip when absent."""
   path = FIXTURES / 'faces'
   if not path.is_dir() or not any(path.glob('*.png')):
     pytest.skip(f'real-face fixtures not present at {path}')

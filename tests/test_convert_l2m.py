@@ -23,7 +23,8 @@ def _shapes(module):
 
 
 def test_expected_keys_match_official_layout():
-  """Appendix A counts and every shape, against the torch definitions."""
+  """docs/architecture.md#ckpt-nets-ema counts and every shape, against the
+  torch definitions."""
   config = l2m.L2MModelConfig()
   with torch.device('meta'):
     gen = l2m_torch.Generator(256, 64, 512, 1)

@@ -6,7 +6,8 @@
 * pytorch-fid, `pt_inception-2015-12-05-6726825d.pth`: the TF FID Inception,
   1008 classes, no AuxLogits. Used by the standard (pytorch-fid) protocol.
 
-Both hold the same 94 BasicConv2d prefixes (spec fid.md §b). `fc.*`,
+Both hold the same 94 BasicConv2d prefixes
+(docs/architecture.md#ckpt-inception). `fc.*`,
 `AuxLogits.*` and `*.num_batches_tracked` are dropped. The remaining keys
 must equal the 470 feature-extractor keys exactly, with the shapes the Flax
 model expects; otherwise one `ConversionError` lists every problem. The file
@@ -71,7 +72,8 @@ def _flax_conv_prefixes(template: Mapping[str, Any]) -> dict[str, tuple]:
 
 
 def expected_keys() -> dict[str, tuple]:
-  """The 470 torch feature-extractor keys -> shapes (spec fid.md §b.2)."""
+  """The 470 torch feature-extractor keys -> shapes
+  (docs/architecture.md#ckpt-inception)."""
   template = inception_lib.variables_template('torchvision')
   expected = {}
   for prefix, (kh, kw, cin, cout) in _flax_conv_prefixes(template).items():

@@ -1,6 +1,6 @@
 """stylegan2-pytorch StyleGAN2 `g_ema` -> Flax `l2m_jax.models.stylegan2.Generator`.
 
-Accepted inputs (spec latent_to_latent.md §d.3, §e.2, converter summary):
+Accepted inputs (docs/architecture.md#ckpt-stylegan2, docs/method.md#restyle):
 
 * a stylegan2-pytorch checkpoint dict `{"g_ema": ..., "latent_avg": (512,), ...}`
   (converter output or training checkpoint; `g`, `d`, optimiser states and
@@ -10,7 +10,8 @@ Accepted inputs (spec latent_to_latent.md §d.3, §e.2, converter summary):
   "encoder.*": ...}, "latent_avg": (18, 512) or (512,), "opts": ...}`: the
   `decoder.` keys are taken, everything else is ignored.
 
-Layout rules (§d.4): modconv weight (1, O, I, k, k) -> (k, k, I, O) raw (no
+Layout rules (docs/architecture.md#ckpt-stylegan2): modconv weight (1, O, I, k,
+k) -> (k, k, I, O) raw (no
 extra flip: stylegan2-pytorch files already hold PyTorch-convention kernels);
 EqualLinear (out, in) -> (in, out) raw; `input.input` -> (1, 4, 4, C);
 `to_rgb*.bias` (1, 3, 1, 1) -> (3,); noise buffers (1, 1, r, r) -> (1, r, r, 1)

@@ -1,8 +1,9 @@
 """Procedurally generated faces: the project's embedded, download-free dataset.
 
 L2M-GAN edits one binary facial attribute while keeping identity and the
-irrelevant content (spec l2m_gan.md §a.1: "attribute correctness" and
-"irrelevance preservation"; §g: one two-domain `train/<domain>/` folder per
+irrelevant content (docs/method.md#l2m-gan: "attribute correctness" and
+"irrelevance preservation"; docs/method.md#l2m-data: one two-domain
+`train/<domain>/` folder per
 attribute). No face data set can be downloaded here, so this module renders
 cartoon faces whose every factor of variation is known:
 
@@ -71,7 +72,8 @@ HAIR_STYLES = ('short', 'long', 'side_part')
 
 # Binary attributes and their two domain names, (absent, present). The names
 # sort so that label 0 = attribute absent, as the ImageFolder convention
-# assigns labels by sorted folder name (spec §c.1, §g).
+# assigns labels by sorted folder name (docs/architecture.md#ckpt-nets-ema,
+# docs/method.md#l2m-data).
 ATTRIBUTES = ('smiling', 'eyeglasses', 'grey_hair')
 DOMAINS = {
     'smiling': ('no_smile', 'smile'),

@@ -1,6 +1,7 @@
 """Fréchet Inception Distance: preprocessing, streamed statistics, distance.
 
-Two protocols (spec fid.md §c; the CLI names first, the spec names after):
+Two protocols (docs/method.md#fid-protocols; the CLI names first, their
+aliases after):
 
 * `stargan_v2` (alias `l2m_official`): what L2M-GAN's `metrics/fid.py` and
   `metrics/eval.py` compute. Files found recursively with the case-sensitive
@@ -81,7 +82,7 @@ PROTOCOL_CHOICES = tuple(PROTOCOLS) + tuple(ALIASES)
 
 
 def get_protocol(name: str | Protocol) -> Protocol:
-  """Protocol by CLI name or spec alias; a clear ValueError otherwise."""
+  """Protocol by CLI name or alias; a clear ValueError otherwise."""
   if isinstance(name, Protocol):
     return name
   key = ALIASES.get(name, name)
@@ -209,7 +210,7 @@ class FeatureExtractor:
     """Builds the extractor.
 
     Args:
-      protocol: 'stargan_v2' | 'standard' (or their spec aliases).
+      protocol: 'stargan_v2' | 'standard' (or their aliases).
       variables: Inception {params, batch_stats}; unused with `features_fn`.
       weights_id: string identifying the weights (cache key).
       batch_size: images per call; the protocol's default when None.
@@ -315,7 +316,7 @@ class StreamingStats:
   Keeps n, s' = sum(x - c) and Q' = sum (x - c)(x - c)^T with a fixed shift c
   (the mean of the first batch), so memory is O(D^2) whatever N is, and the
   result does not depend on batch sizes or order beyond round-off
-  (spec fid.md §d.5).
+  (docs/method.md#fid-streaming).
 
   Attributes:
     name: what the rows are (a folder, a task), for messages.
