@@ -128,7 +128,7 @@ def test_cli_and_loader(state_dict, tmp_path, capsys):
   bad = tmp_path / 'bad.pth'
   torch.save({'conv1.weight': torch.zeros(3)}, bad)
   assert cli.main(['--format', 'retinaface', str(bad), '--out',
-                   str(tmp_path / 'y')]) == 1
+                   str(tmp_path / 'y')]) == 2
   err = capsys.readouterr().err
   assert 'body.stage1.0.0.weight' in err and 'Traceback' not in err
   # A converted directory of another format is refused by name.
