@@ -5,7 +5,7 @@ Derives from configs/l2m_celebahq.py (the paper settings) and shrinks it to
 so that the whole demo (data, 1200 training steps, metrics) finishes in about
 10 minutes on a 2-core CPU (docs/demo.md has the measured run). Run:
 
-  python -m l2m_jax.demo --workdir=runs/demo
+  python3 -m l2m_jax.demo --workdir=runs/demo
 
 `config.demo` holds the data-generation and evaluation settings; every other
 field is the training config read by `l2m_jax.train_l2m.train_and_evaluate`.

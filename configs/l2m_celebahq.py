@@ -4,7 +4,7 @@ Values are the defaults of the released L2M-GAN main script
 (rucmlcv/L2M-GAN `main.py`) and of the StarGAN v2 procedure it forks
 (docs/method.md#l2m-training); loss weights: docs/method.md#l2m-losses. Run:
 
-  python -m l2m_jax.main --config=configs/l2m_celebahq.py --workdir=runs/smile \
+  python3 -m l2m_jax.main --config=configs/l2m_celebahq.py --workdir=runs/smile \
       --config.data_dir=data/celeba_hq
 
 Small variants take a string argument, e.g. `configs/l2m_celebahq.py:res=128`

@@ -1,6 +1,6 @@
 """Exit codes of the command-line tools, and which errors are the user's.
 
-One convention for every CLI (`python -m l2m_jax.main`, `l2m_jax.demo`,
+One convention for every CLI (`python3 -m l2m_jax.main`, `l2m_jax.demo`,
 `scripts/*.py`; docs/reliability.md):
 
   0  success; also a training run stopped by SIGTERM or a preemption notice

@@ -1,6 +1,6 @@
 """Training entry point (as google/flax examples/imagenet/main.py).
 
-  python -m l2m_jax.main --config=configs/l2m_celebahq.py --workdir=runs/smile \
+  python3 -m l2m_jax.main --config=configs/l2m_celebahq.py --workdir=runs/smile \
       --config.data_dir=data/celeba_hq
 
 Multi-host: when the environment describes several processes (SLURM,

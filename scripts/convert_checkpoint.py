@@ -1,10 +1,10 @@
 """Converts an official PyTorch checkpoint into a Flax checkpoint directory.
 
-  python scripts/convert_checkpoint.py expr/checkpoints/100000_nets_ema.ckpt \
+  python3 scripts/convert_checkpoint.py expr/checkpoints/100000_nets_ema.ckpt \
       --out converted/l2m_smiling
-  python scripts/convert_checkpoint.py --format wing expr/checkpoints/wing.ckpt \
+  python3 scripts/convert_checkpoint.py --format wing expr/checkpoints/wing.ckpt \
       --out converted/wing
-  python scripts/convert_checkpoint.py --format retinaface \
+  python3 scripts/convert_checkpoint.py --format retinaface \
       weights/mobilenet0.25_Final.pth --out converted/retinaface
 
 `--format nets_ema` (default) reads an L2M-GAN `{step:06d}_nets_ema.ckpt`

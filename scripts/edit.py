@@ -1,6 +1,6 @@
 """Edits face images with a converted L2M-GAN checkpoint.
 
-  python scripts/edit.py --checkpoint converted/l2m_smiling \
+  python3 scripts/edit.py --checkpoint converted/l2m_smiling \
       --input photos/ --target smile --degrees 0 0.5 1 1.25 --out edits/
 
 For each input image (a file, or every .png/.jpg/.jpeg in a folder; any size,
@@ -20,7 +20,7 @@ one).
 Ordinary photos (`--align`): a face anywhere in the frame, tilted, any size,
 several faces.
 
-  python scripts/edit.py --checkpoint converted/l2m_smiling --align \
+  python3 scripts/edit.py --checkpoint converted/l2m_smiling --align \
       --detector mobilenet0.25_Final.pth --input photos/ --target smile \
       --degrees 0 1 --out edits/
 

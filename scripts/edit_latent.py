@@ -2,14 +2,14 @@
 
 Legacy mapper (unofficial checkpoints), one attribute, a strength sweep:
 
-  python scripts/edit_latent.py --latents latents.npy \
+  python3 scripts/edit_latent.py --latents latents.npy \
       --generator converted/stylegan2_ffhq --mapper converted/l2l_smiling \
       --boundaries boundaries_anycost-ffhq-config-f.pt --attribute smiling \
       --strengths 0 1 2 3 --out edits/
 
 Paper-mode mapper, an attribute-change vector (scaled by each strength):
 
-  python scripts/edit_latent.py --latents latents.pt --generator ... \
+  python3 scripts/edit_latent.py --latents latents.pt --generator ... \
       --mapper converted/l2l_paper --delta smiling=0.8,young=-0.5 \
       --strengths 0.5 1 --out edits/
 

@@ -1,6 +1,6 @@
 """L2M-GAN's official evaluation: FID for every (source, target) domain pair.
 
-  python scripts/evaluate.py --checkpoint converted/l2m_smiling \
+  python3 scripts/evaluate.py --checkpoint converted/l2m_smiling \
       --data data/celeba_hq --inception-weights inception_v3_google-1a9a5a14.pth \
       --out expr/eval/FID_100000_reference.json [--degree 1.0] [--eval-dir DIR]
 

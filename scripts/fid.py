@@ -1,9 +1,9 @@
 """FID between two image folders or .npz statistics files.
 
-  python scripts/fid.py PATH_A PATH_B --weights W [--protocol stargan_v2|standard]
+  python3 scripts/fid.py PATH_A PATH_B --weights W [--protocol stargan_v2|standard]
       [--save-stats OUT.npz] [--batch-size N] [--json OUT.json]
-  python scripts/fid.py PATH_A --save-stats OUT.npz --weights W   # stats only
-  python scripts/fid.py --weights W.pth --convert-to OUT_DIR       # convert
+  python3 scripts/fid.py PATH_A --save-stats OUT.npz --weights W   # stats only
+  python3 scripts/fid.py --weights W.pth --convert-to OUT_DIR       # convert
 
 Each PATH is an image folder or an .npz file with `mu` and `sigma` (the
 layout pytorch-fid's --save-stats writes). Inception weights are never

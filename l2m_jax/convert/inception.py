@@ -58,7 +58,7 @@ NO_DOWNLOAD_HELP = (
     'inception_v3_google-1a9a5a14.pth (or -0cc3c7bd.pth); the standard / '
     'pytorch_fid protocol needs pytorch-fid\'s '
     'pt_inception-2015-12-05-6726825d.pth. Either the raw .pth or a folder '
-    'written by `python scripts/fid.py --weights FILE.pth --convert-to DIR` '
+    'written by `python3 scripts/fid.py --weights FILE.pth --convert-to DIR` '
     'is accepted (see docs/fid.md).')
 
 
@@ -173,7 +173,7 @@ SAFE_RESAVE_HELP = (
     'l2m_jax never unpickles code, whatever the file. If a file you trust '
     'cannot be read with weights_only=True, re-save its tensors once with '
     'torch and pass the new file:\n'
-    '    python -c "import sys, torch; sd = torch.load(sys.argv[1], '
+    '    python3 -c "import sys, torch; sd = torch.load(sys.argv[1], '
     "map_location='cpu', weights_only=False); torch.save({k: v for k, v in "
     'sd.items()}, sys.argv[2])" IN.pth OUT.pth\n'
     '(this runs whatever the file contains: do it only for a file from a '
