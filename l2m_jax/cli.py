@@ -17,13 +17,37 @@ import importlib.util
 import os
 import pathlib
 import sys
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from l2m_jax import errors
 
 
 class OutputExistsError(FileExistsError):
   """An output path holds data and `--overwrite` was not given."""
+
+
+def run_reporting_errors(fn: Callable[..., Any], *args: Any,
+                         prefix: str = 'error', log: bool = True) -> Any:
+  """Calls fn(*args); a user error or a divergence exits with its code.
+
+  A user error (`errors.is_user_error`) prints `<prefix>: <message>` and
+  exits 2, a divergence exits 3 (with `log`, the error also goes to the
+  absl log); any other exception is a bug and keeps its traceback.
+  """
+  try:
+    return fn(*args)
+  except Exception as e:  # pylint: disable=broad-except
+    if errors.is_user_error(e):
+      code = errors.EXIT_USER_ERROR
+    elif errors.is_divergence(e):
+      code = errors.EXIT_DIVERGED
+    else:
+      raise
+    if log:
+      from absl import logging  # pylint: disable=g-import-not-at-top
+      logging.error('%s: %s', type(e).__name__, e)
+    print(f'{prefix}: {e}', file=sys.stderr)
+    sys.exit(code)
 
 
 def fail(message: str) -> int:

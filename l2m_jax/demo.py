@@ -285,19 +285,9 @@ def run_demo(config, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from l2m_jax import errors  # pylint: disable=g-import-not-at-top
-  try:
-    run_demo(_CONFIG.value, _WORKDIR.value)
-  except Exception as e:  # pylint: disable=broad-except
-    # Exit codes: l2m_jax/errors.py (docs/reliability.md).
-    if errors.is_user_error(e):
-      code = errors.EXIT_USER_ERROR
-    elif errors.is_divergence(e):
-      code = errors.EXIT_DIVERGED
-    else:
-      raise  # a bug: keep the traceback
-    print(f'demo: error: {e}', file=sys.stderr)
-    sys.exit(code)
+  # Exit codes: l2m_jax/errors.py (docs/reliability.md).
+  cli.run_reporting_errors(run_demo, _CONFIG.value, _WORKDIR.value,
+                           prefix='demo: error', log=False)
 
 
 if __name__ == '__main__':

@@ -153,21 +153,6 @@ def expected_shapes(config: Mapping[str, Any]) -> dict[str, tuple]:
   return exp
 
 
-def _flax_path(key: str) -> str:
-  """'convs.3.conv.modulation.weight' -> 'convs_3/conv/modulation/weight'."""
-  parts = key.split('.')
-  out = []
-  i = 0
-  while i < len(parts):
-    if i + 1 < len(parts) and parts[i + 1].isdigit():
-      out.append(f'{parts[i]}_{parts[i + 1]}')
-      i += 2
-    else:
-      out.append(parts[i])
-      i += 1
-  return '/'.join(out)
-
-
 def convert_state_dict(sd: Mapping[str, Any], source: str,
                        config: Mapping[str, Any] | None = None,
                        latent_avg: Any = None
@@ -228,16 +213,16 @@ def convert_state_dict(sd: Mapping[str, Any], source: str,
       path = 'params/input/input'
       val = np.transpose(v, (0, 2, 3, 1))
     elif k.endswith('conv.weight'):
-      path = 'params/' + _flax_path(k)
+      path = 'params/' + t2f.module_path(k)
       val = np.transpose(v[0], (2, 3, 1, 0))
     elif k.startswith('style.') or k.endswith('modulation.weight'):
-      path = 'params/' + _flax_path(k)
+      path = 'params/' + t2f.module_path(k)
       val = t2f.dense_kernel(v) if k.endswith('weight') else v
     elif k.startswith('to_rgb') and k.endswith('.bias') and v.ndim == 4:
-      path = 'params/' + _flax_path(k)
+      path = 'params/' + t2f.module_path(k)
       val = v.reshape(3)
     else:
-      path = 'params/' + _flax_path(k)
+      path = 'params/' + t2f.module_path(k)
       val = v
     t2f.set_path(variables, path, np.ascontiguousarray(val, np.float32))
     key_map[k] = path

@@ -306,6 +306,23 @@ def dense_kernel(weight: Any) -> np.ndarray:
   return np.ascontiguousarray(to_numpy(weight).T)
 
 
+def module_path(torch_key: str) -> str:
+  """A torch module path as a Flax one: list indices join their container.
+
+  'body.3.res_layer.5.fc1' -> 'body_3/res_layer_5/fc1'.
+  """
+  parts = torch_key.split('.')
+  out, i = [], 0
+  while i < len(parts):
+    if i + 1 < len(parts) and parts[i + 1].isdigit():
+      out.append(f'{parts[i]}_{parts[i + 1]}')
+      i += 2
+    else:
+      out.append(parts[i])
+      i += 1
+  return '/'.join(out)
+
+
 def set_path(tree: dict, path: str, value: Any) -> None:
   """Sets tree[a][b][c] = value for path 'a/b/c', creating dicts on the way."""
   *parents, leaf = path.split('/')
