@@ -5,7 +5,7 @@ Derives from configs/l2m_celebahq.py (the paper settings) and shrinks it to
 two helper networks, the GAN training, metrics) within 10 minutes on a quiet
 2-core CPU (docs/demo.md: how it is measured). Run:
 
-  python -m l2m_jax.demo --workdir=runs/demo
+  python3 -m l2m_jax.demo --workdir=runs/demo
 
 `config.demo` holds the data-generation, helper-network and evaluation
 settings; every other field is the training config read by

@@ -1,10 +1,10 @@
 """L2M-GAN on CelebA-HQ (one attribute, two domains) with the paper's settings.
 
-Values are the defaults of the released L2M-GAN main script (spec
-/work/shared/spec/l2m_gan.md §e.1) and the StarGAN v2 procedure it forks
-(§e.2); loss weights follow §e.4. Run:
+Values are the defaults of the released L2M-GAN main script
+(rucmlcv/L2M-GAN `main.py`) and of the StarGAN v2 procedure it forks
+(docs/method.md#l2m-training); loss weights: docs/method.md#l2m-losses. Run:
 
-  python -m l2m_jax.main --config=configs/l2m_celebahq.py --workdir=runs/smile \
+  python3 -m l2m_jax.main --config=configs/l2m_celebahq.py --workdir=runs/smile \
       --config.data_dir=data/celeba_hq
 
 Small variants take a string argument, e.g. `configs/l2m_celebahq.py:res=128`
@@ -37,7 +37,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.attribute = args.get('attr', 'smiling')  # label for logs only (original: Smiling model, folders sad/smile)
   c.seed = 777  # global PRNG seed (original --seed 777)
 
-  # --- data (spec §g, §e.2) ---
+  # --- data (docs/method.md#l2m-data, docs/method.md#l2m-training) ---
   c.data_dir = ''  # folder with train/<domain>/*.{jpg,png} and val/<domain>/... (original data/celeba_hq)
   c.train_split = 'train'  # sub-folder of data_dir used for training (original train_img_dir)
   c.val_split = 'val'  # sub-folder used for samples and FID (original val_img_dir)
@@ -49,7 +49,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.prefetch = 2  # batches prefetched by tf.data (original DataLoader num_workers 4)
   c.check_files = True  # decode every image once before training and fail listing bad files
 
-  # --- model (spec §b; L2MModelConfig) ---
+  # --- model (docs/method.md#l2m-networks; L2MModelConfig) ---
   c.img_size = int(args.get('res', 256))  # image side, px (original 256)
   c.style_dim = 64  # style code size (original 64)
   c.num_domains = 2  # domains = sorted folder names (original 2)
@@ -66,7 +66,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.preservation_checkpoint = ''  # PreservationNet for preservation='synthetic_faces' (not in the original)
   c.training_data = ''  # provenance recorded in the EMA export's config, e.g. 'synthetic_faces:32px' ('' = unknown)
 
-  # --- optimisation (spec §e.1, §e.2) ---
+  # --- optimisation (docs/method.md#l2m-losses, docs/method.md#l2m-training)
+  # ---
   c.batch_size = 8  # GLOBAL batch over all devices and hosts, images (original 8)
   c.val_batch_size = 32  # global batch for sampling/FID, images (original 32)
   c.total_iters = 100_000  # training iterations = train steps (original 100000)
@@ -78,7 +79,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.ema_beta = 0.999  # EMA decay of G and E after every G step (original 0.999)
   c.r1_every = 1  # apply R1 every N D steps (lazy R1, scaled by N); 1 = the original every step
 
-  # --- loss weights, original names (spec §e.1, §e.4) ---
+  # --- loss weights, original names (docs/method.md#l2m-losses) ---
   c.lambda_reg = 1.0  # R1 weight (original 1)
   c.lambda_cyc = 1.0  # cycle-consistency weight (original 1)
   c.lambda_sty = 1.0  # style-reconstruction weight (original 1; unofficial 2)

@@ -1,4 +1,4 @@
-"""Thin orbax wrapper for training checkpoints (house style §8).
+"""Thin orbax wrapper for training checkpoints.
 
 One `ocp.CheckpointManager` per run under `<workdir>/checkpoints`, saving
 asynchronously every `save_every` steps and keeping `keep`. Each checkpoint

@@ -15,7 +15,8 @@ Stages (one progress line each, an ETA while training):
      <workdir>/train (orbax checkpoints, TensorBoard logs, sample grids and
      the EMA export <workdir>/train/ema_export that scripts/edit.py loads).
   5. Edits every validation face towards the other domain at the degrees in
-     `config.demo.degrees` (degree 0 = reconstruction), trains the JAX
+     `config.demo.degrees` (docs/method.md#l2m-edit; degree 0 =
+     reconstruction), trains the JAX
      attribute classifier and identity regressor on the generated training
      faces and reports (l2m_jax/evaluation/editing_metrics.py): attribute
      accuracy, identity error against the reconstruction's, pixel change
@@ -50,10 +51,14 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from l2m_jax import cli
+
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:  # configs/ lives next to the package
   sys.path.insert(0, str(_REPO))
 
+if __name__ == '__main__':  # flag mistakes: one line, exit 2
+  cli.exit_on_config_problem(sys.argv, str(_REPO / 'configs' / 'demo.py'))
 _CONFIG = config_flags.DEFINE_config_file(
     'config', str(_REPO / 'configs' / 'demo.py'),
     'Demo configuration file.', lock_config=True)
@@ -113,13 +118,6 @@ def _to_float(u8: np.ndarray) -> np.ndarray:
   return ((u8.astype(np.float32) / 255.0) - 0.5) / 0.5
 
 
-def _check_attribute(config) -> None:
-  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
-  if config.demo.attribute not in sf.ATTRIBUTES:
-    raise ValueError(f'config.demo.attribute={config.demo.attribute!r}: '
-                     f'expected one of {sf.ATTRIBUTES}')
-
-
 def training_data_tag(config) -> str:
   """The provenance recorded in the EMA export (config.training_data)."""
   d = config.demo
@@ -135,7 +133,7 @@ def generate_data(config, workdir: str) -> dict:
     True when the folder already held these settings).
   """
   from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
-  _check_attribute(config)
+  sf.check_attribute(config.demo.attribute, 'config.demo.attribute')
   d = config.demo
   size = int(config.img_size)
   work = pathlib.Path(workdir).resolve()
@@ -285,7 +283,7 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
   from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
   from l2m_jax.evaluation import editing_metrics as em  # pylint: disable=g-import-not-at-top
 
-  _check_attribute(config)
+  sf.check_attribute(config.demo.attribute, 'config.demo.attribute')
   t_start = time.time()
   timings = dict(timings or {})
   d = config.demo
@@ -550,9 +548,10 @@ def _verbose() -> bool:
 def run_demo(config, workdir: str) -> dict:
   """Runs the whole demo; returns the metrics dict (also written to JSON)."""
   from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
+  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
 
   t_start = time.time()
-  _check_attribute(config)
+  sf.check_attribute(config.demo.attribute, 'config.demo.attribute')
   work = pathlib.Path(workdir).resolve()
   work.mkdir(parents=True, exist_ok=True)
   _say(f'workdir {work}; device {jax.devices()[0].platform} '
@@ -600,22 +599,12 @@ def _quiet_libraries() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from l2m_jax import errors  # pylint: disable=g-import-not-at-top
   if not _VERBOSE.value:
     _quiet_libraries()
-  try:
-    run_demo(_CONFIG.value, _WORKDIR.value)
-  except Exception as e:  # pylint: disable=broad-except
-    # Exit codes: l2m_jax/errors.py (docs/reliability.md).
-    if errors.is_user_error(e):
-      code = errors.EXIT_USER_ERROR
-    elif errors.is_divergence(e):
-      code = errors.EXIT_DIVERGED
-    else:
-      raise  # a bug: keep the traceback
-    print(f'demo: error: {e}', file=sys.stderr)
-    sys.exit(code)
+  # Exit codes: l2m_jax/errors.py (docs/reliability.md).
+  cli.run_reporting_errors(run_demo, _CONFIG.value, _WORKDIR.value,
+                           prefix='demo: error', log=False)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,7 +1,7 @@
 """The L2M-GAN attribute edit, jit-compiled and batched.
 
 G. Yang et al., "L2M-GAN", CVPR 2021; the official evaluation's edit
-(spec `shared/spec/l2m_gan.md` §a.4):
+(docs/method.md#l2m-edit):
 
   M = FAN masks of x                            (only when w_hpf > 0)
   (s, s_u, s_r, s_r_hat) = E(x, head y, transformer y')
@@ -109,7 +109,7 @@ def edit(variables: Mapping[str, Any], images: jax.Array, source_domain: Any,
                                       dtype=dtype)
   a = jnp.asarray(degree, jnp.float32)
   a = a[:, None] if a.ndim == 1 else a
-  s_hat = s + a * (s3 - s2)  # s_hat(a), spec §a.4
+  s_hat = s + a * (s3 - s2)  # s_hat(a), docs/method.md#l2m-edit
   gen, _ = l2m_models.build_models(config, dtype)
   return gen.apply(variables['generator'], images, s_hat, masks)
 

@@ -1,6 +1,6 @@
 """Exit codes of the command-line tools, and which errors are the user's.
 
-One convention for every CLI (`python -m l2m_jax.main`, `l2m_jax.demo`,
+One convention for every CLI (`python3 -m l2m_jax.main`, `l2m_jax.demo`,
 `scripts/*.py`; docs/reliability.md):
 
   0  success; also a training run stopped by SIGTERM or a preemption notice
@@ -34,7 +34,7 @@ def is_user_error(e: BaseException) -> bool:
   # Config validation messages start with the field: "batch_size=3: ...",
   # or with the model config's name.
   return isinstance(e, ValueError) and bool(
-      re.match(r'^((config\.)?[a-z_][a-z0-9_]*(=| is | must )|'
+      re.match(r'^((config\.)?[a-z_][a-z0-9_.]*(=| is | must )|'
                r'L2MModelConfig: )', str(e)))
 
 

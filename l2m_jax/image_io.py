@@ -1,6 +1,7 @@
 """Image files <-> arrays, with the official loaders' conventions.
 
-Conventions (spec l2m_gan.md §d, StarGAN v2 `core/data_loader.py`, `core/utils.py`):
+Conventions (docs/method.md#l2m-numerics, StarGAN v2 `core/data_loader.py`,
+`core/utils.py`):
 
 * Reading: PIL open -> RGB (RGBA and grayscale are converted) -> optional
   resize to (size, size) with PIL bilinear (antialiased when downsampling, as
@@ -28,6 +29,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
+
+# torchvision's ImageNet channel statistics (RGB, images in [0, 1]): the input
+# normalisation of the ResNet-18 features and of the L2M-GAN FID Inception.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Extensions the official folder loaders accept (case-insensitive).
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')

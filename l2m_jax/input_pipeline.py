@@ -1,11 +1,12 @@
 """Input pipeline: the StarGAN v2 / L2M-GAN folder layout through tfds + tf.data.
 
-Layout (spec /work/shared/spec/l2m_gan.md §g): `<data_dir>/train/<domain>/*`
+Layout (docs/method.md#l2m-data): `<data_dir>/train/<domain>/*`
 and `<data_dir>/val/<domain>/*` (.jpg/.jpeg/.png), labels = sorted domain
 folder names. Folders are read with `tfds.ImageFolder`, which fixes the file
 list, the label names and their order.
 
-Training batches reproduce StarGAN v2's `data_loader.py` (spec §e.2):
+Training batches reproduce StarGAN v2's `data_loader.py`
+(docs/method.md#l2m-training):
 
 * source (x, y): `WeightedRandomSampler` with per-sample weight 1/|class| and
   replacement, i.e. every image of a batch is an i.i.d. draw with class-
@@ -304,16 +305,12 @@ def train_dataset(config: Any, start_step: int = 0,
   batch k, which depends only on (config.seed, k). So the global batches,
   and the training, are the same for any number of processes and devices.
   """
-  process_index = (parallel.process_index() if process_index is None
-                   else process_index)
-  process_count = (parallel.process_count() if process_count is None
-                   else process_count)
-  if config.batch_size % process_count:
-    raise DatasetError(f'batch_size={config.batch_size}: must be a multiple '
-                       f'of the process count ({process_count})')
   global_batch = int(config.batch_size)
-  local_batch = global_batch // process_count
-  rows = parallel.process_slice(global_batch, process_index, process_count)
+  try:
+    rows = parallel.process_batch(global_batch, process_index, process_count)
+  except ValueError as e:
+    raise DatasetError(str(e)) from None
+  local_batch = rows.stop - rows.start
   builder = _builder(config.data_dir)
   paths, labels = _examples(builder, config.train_split)
   num_domains = len(builder.info.features['label'].names)
@@ -389,7 +386,7 @@ def eval_dataset(config: Any, split: str | None = None,
     return {'image': (tf.clip_by_value(img, 0, 1) - 0.5) / 0.5,
             'label': label}
 
-  bs = batch_size or max(1, config.val_batch_size // parallel.process_count())
+  bs = batch_size or parallel.per_process_batch(config.val_batch_size)
   ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string),
                                            tf.constant(labels, tf.int32)))
   return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE).batch(bs).prefetch(

@@ -34,7 +34,8 @@ from l2m_jax.models import arcface
 from l2m_jax.models import branched_tiny
 from l2m_jax.models import restyle
 
-# CelebA attribute names, normalised as the boundaries file's keys (§g); the
+# CelebA attribute names, normalised as the boundaries file's keys
+# (docs/method.md#l2l-boundaries); the
 # order of the paper-mode conditioning vector when A = 40.
 CELEBA_ATTRIBUTES = (
     '5_o_clock_shadow', 'arched_eyebrows', 'attractive', 'bags_under_eyes',

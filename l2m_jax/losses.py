@@ -1,7 +1,6 @@
 """L2M-GAN training losses: one pure function per term.
 
-Spec: /work/shared/spec/l2m_gan.md §e.4 (the recommended port), which writes
-the StarGAN v2 losses (CVPR 2020, `core/solver.py` `compute_d_loss`,
+docs/method.md#l2m-losses writes the StarGAN v2 losses (CVPR 2020, `core/solver.py` `compute_d_loss`,
 `compute_g_loss`, `adv_loss`, `r1_reg`) and the L2M-GAN terms (CVPR 2021,
 "L2M-GAN: Learning to Manipulate Latent Space Semantics for Facial Attribute
 Editing", Sec. 3: orthogonality of the attribute-relevant and -irrelevant
@@ -28,16 +27,16 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from l2m_jax import image_io
+
 ORTHOGONALITY_VARIANTS = ('elementwise', 'inner')
 
-# torchvision ImageNet statistics, used by ResNet-18 (spec §b.8).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def d_adversarial_loss(real_logits: jax.Array, fake_logits: jax.Array
                        ) -> tuple[jax.Array, jax.Array]:
-  """Non-saturating logistic loss of the discriminator, spec §e.4 (1).
+  """Non-saturating logistic loss of the discriminator,
+  docs/method.md#l2m-losses.
 
   StarGAN v2 writes it as BCE-with-logits against 1 (real) and 0 (fake);
   BCE(l, 1) = softplus(-l) and BCE(l, 0) = softplus(l).
@@ -54,12 +53,14 @@ def d_adversarial_loss(real_logits: jax.Array, fake_logits: jax.Array
 
 
 def g_adversarial_loss(fake_logits: jax.Array) -> jax.Array:
-  """Non-saturating generator loss softplus(-D_y'(x_hat)), spec §e.4 (2)."""
+  """Non-saturating generator loss softplus(-D_y'(x_hat)),
+  docs/method.md#l2m-losses."""
   return jnp.mean(jax.nn.softplus(-fake_logits))
 
 
 def r1_penalty_from_grad(grad: jax.Array) -> jax.Array:
-  """R1 from the input gradient: 0.5 * mean_n sum_pixels grad^2, spec §e.2.
+  """R1 from the input gradient: 0.5 * mean_n sum_pixels grad^2,
+  docs/method.md#l2m-losses.
 
   Args:
     grad: d(sum_n D_y(x_n)) / dx, [N, H, W, C].
@@ -88,15 +89,18 @@ def r1_penalty(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array
 
 
 def cycle_loss(x_rec: jax.Array, x: jax.Array) -> jax.Array:
-  """L1 cycle consistency mean|G(x_hat, s, M(x_hat)) - x|, spec §e.4 (3)."""
+  """L1 cycle consistency mean|G(x_hat, s, M(x_hat)) - x|,
+  docs/method.md#l2m-losses."""
   return jnp.mean(jnp.abs(x_rec - x))
 
 
 def style_reconstruction_loss(s_pred: jax.Array, s_target: jax.Array
                               ) -> jax.Array:
-  """L1 style reconstruction mean|E_y'(x_hat) - s_hat|, spec §e.4 (4).
+  """L1 style reconstruction mean|E_y'(x_hat) - s_hat|,
+  docs/method.md#l2m-losses.
 
-  Neither side is detached, as in the runnable reference (spec §e.3).
+  Neither side is detached, as in the runnable reference
+  (docs/method.md#l2m-losses).
   """
   return jnp.mean(jnp.abs(s_pred - s_target))
 
@@ -108,8 +112,9 @@ def orthogonality_term(a: jax.Array, b: jax.Array,
   Args:
     a, b: codes [N, D].
     variant: 'elementwise' = mean over batch and dims of |a * b| (the
-      unofficial reimplementation, spec §e.3/§e.4 (5b), the default);
-      'inner' = batch mean of |<a_n, b_n>| (the literal reading, §e.4 (5a)).
+      unofficial reimplementation, docs/method.md#l2m-losses, the default);
+      'inner' = batch mean of |<a_n, b_n>| (the literal reading,
+      docs/method.md#l2m-losses).
   """
   if variant == 'elementwise':
     return jnp.mean(jnp.abs(a * b))
@@ -121,7 +126,7 @@ def orthogonality_term(a: jax.Array, b: jax.Array,
 
 def orthogonality_loss(s_r: jax.Array, s_u: jax.Array, s_r_hat: jax.Array,
                        variant: str = 'elementwise') -> jax.Array:
-  """L_ort = ort(s_r, s_u) + ort(s_r_hat, s_u), spec §e.4 (5).
+  """L_ort = ort(s_r, s_u) + ort(s_r_hat, s_u), docs/method.md#l2m-losses.
 
   Args:
     s_r: attribute-relevant code s - P(s), [N, D].
@@ -134,25 +139,29 @@ def orthogonality_loss(s_r: jax.Array, s_u: jax.Array, s_r_hat: jax.Array,
 
 
 def imagenet_normalize(x: jax.Array) -> jax.Array:
-  """[-1, 1] images -> ImageNet-normalised input of ResNet-18 (spec §b.8)."""
-  mean = jnp.asarray(IMAGENET_MEAN, x.dtype)
-  std = jnp.asarray(IMAGENET_STD, x.dtype)
+  """[-1, 1] images -> ImageNet-normalised input of ResNet-18
+  (docs/method.md#l2m-resnet18)."""
+  mean = jnp.asarray(image_io.IMAGENET_MEAN, x.dtype)
+  std = jnp.asarray(image_io.IMAGENET_STD, x.dtype)
   return ((x + 1.0) * 0.5 - mean) / std
 
 
 def perceptual_loss(feat_x: jax.Array, feat_x_hat: jax.Array) -> jax.Array:
-  """L1 between ResNet-18 features of source and edit, spec §e.3 L_per.
+  """L1 between ResNet-18 features of source and edit, docs/method.md#l2m-losses
+  L_per.
 
   Deviation from PyTorch: the unofficial code compares the 1000-d logits of
   the full torchvision ResNet-18; the official checkpoint's `vgg` has no fc
-  (spec §b.6), so the 512-d pooled features are compared instead.
+  (docs/method.md#l2m-resnet18), so the 512-d pooled features are compared
+  instead.
   """
   return jnp.mean(jnp.abs(feat_x - feat_x_hat))
 
 
 def identity_loss(emb_x: jax.Array, emb_x_hat: jax.Array,
                   eps: float = 1e-8) -> jax.Array:
-  """1 - cosine similarity of identity embeddings, batch mean (spec §b.7).
+  """1 - cosine similarity of identity embeddings, batch mean
+  (docs/method.md#l2m-identity).
 
   The official CLI's lambda_id points at an ArcFace IR-SE50 identity loss in
   the pSp style; this is that loss on any embedding pair [N, D].

@@ -1,6 +1,6 @@
-"""Training entry point (house style §3; [F] examples/imagenet/main.py).
+"""Training entry point (as google/flax examples/imagenet/main.py).
 
-  python -m l2m_jax.main --config=configs/l2m_celebahq.py --workdir=runs/smile \
+  python3 -m l2m_jax.main --config=configs/l2m_celebahq.py --workdir=runs/smile \
       --config.data_dir=data/celeba_hq
 
 Multi-host: when the environment describes several processes (SLURM,
@@ -14,12 +14,13 @@ diverged (NaN/inf; nothing non-finite saved), 1 a bug (traceback).
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from l2m_jax import cli
 
 FLAGS = flags.FLAGS
 
@@ -61,25 +62,13 @@ def main(argv):
   logging.info('JAX process %d / %d; local devices %s; %d devices in all',
                jax.process_index(), jax.process_count(), jax.local_devices(),
                jax.device_count())
-  from l2m_jax import errors  # pylint: disable=g-import-not-at-top
   from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
-  try:
-    train_l2m.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except Exception as e:  # pylint: disable=broad-except
-    # Exit codes: l2m_jax/errors.py (docs/reliability.md).
-    if errors.is_user_error(e):
-      # A user mistake (bad path, bad data, bad config value, bad
-      # checkpoint, a locked workdir): the message names the file / key /
-      # field; no traceback.
-      code = errors.EXIT_USER_ERROR
-    elif errors.is_divergence(e):
-      code = errors.EXIT_DIVERGED
-    else:
-      raise  # a bug: keep the traceback
-    logging.error('%s: %s', type(e).__name__, e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(code)
+  # Exit codes: l2m_jax/errors.py (docs/reliability.md). A user mistake (bad
+  # path, data, config value or checkpoint, a locked workdir) is one message
+  # naming the file / key / field, no traceback; a bug keeps its traceback.
+  cli.run_reporting_errors(train_l2m.train_and_evaluate, FLAGS.config,
+                           FLAGS.workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -45,7 +45,7 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
 
   The axis type is passed explicitly as Auto: JAX 0.10 defaults to Explicit,
   under which concatenating a batch-sharded array with a replicated one fails
-  with ShardingTypeError (house style §6).
+  with ShardingTypeError.
   """
   n = jax.device_count() if num_devices is None else num_devices
   if n < 1 or n > jax.device_count():
@@ -251,6 +251,26 @@ def process_slice(n: int, index: int | None = None,
   base, extra = divmod(int(n), count)
   start = index * base + min(index, extra)
   return slice(start, start + base + (1 if index < extra else 0))
+
+
+def process_batch(global_batch: int, index: int | None = None,
+                  count: int | None = None) -> slice:
+  """This process's rows of every global training batch.
+
+  Raises:
+    ValueError: global_batch is not a multiple of the process count (every
+      process must feed the same number of rows to the step).
+  """
+  count = jax.process_count() if count is None else count
+  if global_batch % count:
+    raise ValueError(f'batch_size={global_batch}: must be a multiple of the '
+                     f'process count ({count})')
+  return process_slice(global_batch, index, count)
+
+
+def per_process_batch(global_batch: int) -> int:
+  """Per-process batch of an evaluation whose global batch is given."""
+  return max(1, int(global_batch) // jax.process_count())
 
 
 def max_share(n: int, count: int | None = None) -> int:

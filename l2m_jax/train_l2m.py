@@ -1,6 +1,6 @@
 """L2M-GAN training: train state, per-device step, sampling, the train loop.
 
-Procedure (spec /work/shared/spec/l2m_gan.md §e.2-§e.4; StarGAN v2
+Procedure (docs/method.md#l2m-training, docs/method.md#l2m-losses; StarGAN v2
 `core/solver.py` `train`, `compute_d_loss`, `compute_g_loss`, `moving_average`,
 `he_init`; the L2M-GAN losses of CVPR 2021): per iteration, masks
 M = FAN(x) from the real batch, then one discriminator update
@@ -72,7 +72,7 @@ class TrainState(flax_train_state.TrainState):
 
 @struct.dataclass
 class L2MTrainState:
-  """Everything a checkpoint must hold, as one pytree (house style §5).
+  """Everything a checkpoint must hold, as one pytree.
 
   Attributes:
     step: number of completed iterations (int32 scalar); also the position
@@ -136,7 +136,8 @@ def make_optimizer(config: ml_collections.ConfigDict
   """torch.optim.Adam(lr, betas, eps, weight_decay) with coupled L2 decay.
 
   PyTorch adds weight_decay * param to the gradient before the moments
-  (spec §e.2), which is add_decayed_weights before scale_by_adam, not adamw.
+  (docs/method.md#l2m-training), which is add_decayed_weights before
+  scale_by_adam, not adamw.
   """
   return optax.chain(
       optax.add_decayed_weights(float(config.weight_decay)),
@@ -341,7 +342,8 @@ def train_step(state: L2MTrainState, batch: Mapping[str, jax.Array],
   use_masks = float(config.w_hpf) > 0
   masks_of = ((lambda img: landmarks_lib.masks_from_frozen(frozen, img))
               if use_masks else (lambda img: None))
-  masks = masks_of(x)  # M = FAN(x), once per iteration (spec §e.2)
+  # M = FAN(x), once per iteration (docs/method.md#l2m-training)
+  masks = masks_of(x)
 
   def edit(g_params, e_params, img):
     s, s_u, s_r, s_rh = enc.apply({'params': e_params}, img, y, y_trg)
@@ -419,7 +421,8 @@ def compile_train_step(config: ml_collections.ConfigDict, models: Models,
 def sample_edits(models: Models, ema: Mapping[str, Any],
                  frozen: Mapping[str, Any], x: jax.Array, y: jax.Array,
                  degrees: tuple[float, ...]) -> jax.Array:
-  """Edits of x towards the next domain over a degree sweep (spec §a.4).
+  """Edits of x towards the next domain over a degree sweep
+  (docs/method.md#l2m-edit).
 
   s_hat(a) = s + a * (T_y'(s_r) - s_r), y' = (y + 1) mod num_domains.
 
@@ -631,7 +634,7 @@ def _maybe_fid(config, models, state_ema, frozen, step, writer, workdir,
     return
   from l2m_jax.evaluation import fid as fid_lib  # pylint: disable=g-import-not-at-top
   from l2m_jax.evaluation import l2m_eval  # pylint: disable=g-import-not-at-top
-  per_process = max(1, int(config.val_batch_size) // parallel.process_count())
+  per_process = parallel.per_process_batch(config.val_batch_size)
   if 'extractor' not in extractor_cache:
     extractor_cache['extractor'] = fid_lib.make_extractor(
         'stargan_v2', config.inception_checkpoint, batch_size=per_process)

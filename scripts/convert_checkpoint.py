@@ -1,10 +1,10 @@
 """Converts an official PyTorch checkpoint into a Flax checkpoint directory.
 
-  python scripts/convert_checkpoint.py expr/checkpoints/100000_nets_ema.ckpt \
+  python3 scripts/convert_checkpoint.py expr/checkpoints/100000_nets_ema.ckpt \
       --out converted/l2m_smiling
-  python scripts/convert_checkpoint.py --format wing expr/checkpoints/wing.ckpt \
+  python3 scripts/convert_checkpoint.py --format wing expr/checkpoints/wing.ckpt \
       --out converted/wing
-  python scripts/convert_checkpoint.py --format retinaface \
+  python3 scripts/convert_checkpoint.py --format retinaface \
       weights/mobilenet0.25_Final.pth --out converted/retinaface
 
 `--format nets_ema` (default) reads an L2M-GAN `{step:06d}_nets_ema.ckpt`
@@ -59,14 +59,11 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
   from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(args.input):
-    print(f'error: {args.input}: no such checkpoint file', file=sys.stderr)
-    return 2
-  if (os.path.isdir(args.out) and os.listdir(args.out)
-      and not args.overwrite):
-    print(f'error: {args.out}: already exists and is not empty (pass '
-          '--overwrite to replace it)', file=sys.stderr)
-    return 2
+  from l2m_jax import cli  # pylint: disable=g-import-not-at-top
+  try:
+    cli.check_out_dir(args.out, args.overwrite)
+  except FileExistsError as e:
+    return cli.fail(str(e))
   print(f'converting {args.input} ({args.format}) ...', flush=True)
   try:
     if args.format == 'retinaface':

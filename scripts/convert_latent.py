@@ -1,17 +1,17 @@
 """Converts StyleGAN2, ReStyle-e4e, ArcFace, BranchedTiny, mappers, boundaries.
 
-  python scripts/convert_latent.py stylegan2 stylegan2-ffhq-config-f.pt \
+  python3 scripts/convert_latent.py stylegan2 stylegan2-ffhq-config-f.pt \
       --out converted/stylegan2_ffhq
-  python scripts/convert_latent.py stylegan2 restyle_e4e_ffhq.pt \
+  python3 scripts/convert_latent.py stylegan2 restyle_e4e_ffhq.pt \
       --out converted/stylegan2_ffhq      # takes the decoder.* keys
-  python scripts/convert_latent.py mapper smiling.pt --out converted/l2l_smiling
-  python scripts/convert_latent.py boundaries \
+  python3 scripts/convert_latent.py mapper smiling.pt --out converted/l2l_smiling
+  python3 scripts/convert_latent.py boundaries \
       boundaries_anycost-ffhq-config-f.pt --out converted/boundaries
-  python scripts/convert_latent.py encoder restyle_e4e_ffhq_encode.pt \
+  python3 scripts/convert_latent.py encoder restyle_e4e_ffhq_encode.pt \
       --out converted/restyle_e4e_ffhq   # and .../restyle_e4e_ffhq/generator
-  python scripts/convert_latent.py arcface model_ir_se50.pth \
+  python3 scripts/convert_latent.py arcface model_ir_se50.pth \
       --out converted/arcface
-  python scripts/convert_latent.py classifier BranchedTiny.ckpt \
+  python3 scripts/convert_latent.py classifier BranchedTiny.ckpt \
       --out converted/branched_tiny
 
 `stylegan2` accepts a stylegan2-pytorch checkpoint (`g_ema` + `latent_avg`), a bare
@@ -91,8 +91,10 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   from l2m_jax.convert import mapper as cm  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import stylegan2 as cs  # pylint: disable=g-import-not-at-top
+  from l2m_jax import cli  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
   try:
+    cli.check_out_dir(args.out, args.overwrite)
     if args.kind == 'stylegan2':
       config = None
       given = dict(size=args.size, style_dim=args.style_dim, n_mlp=args.n_mlp,

@@ -1,6 +1,6 @@
 """Edits face images with a converted L2M-GAN checkpoint.
 
-  python scripts/edit.py --checkpoint converted/l2m_smiling \
+  python3 scripts/edit.py --checkpoint converted/l2m_smiling \
       --input photos/ --target smile --degrees 0 0.5 1 1.25 --out edits/
 
 For each input image (a file, or every .png/.jpg/.jpeg in a folder; any size,
@@ -14,12 +14,13 @@ The model config comes from the checkpoint's meta.json; there are no model
 flags. Unreadable or corrupt images are reported (path and reason) and
 skipped; with --strict the run stops before editing anything instead. The
 exit status is 0 when every readable image was edited, 1 when some inputs
-were skipped, 2 on usage errors.
+were skipped, 2 on usage errors (a non-empty --out without --overwrite is
+one).
 
 Ordinary photos (`--align`): a face anywhere in the frame, tilted, any size,
 several faces.
 
-  python scripts/edit.py --checkpoint converted/l2m_smiling --align \
+  python3 scripts/edit.py --checkpoint converted/l2m_smiling --align \
       --detector mobilenet0.25_Final.pth --input photos/ --target smile \
       --degrees 0 1 --out edits/
 
@@ -67,6 +68,9 @@ def parse_args(argv=None):
                  help='edit strengths a (0 = unedited code, 1 = official '
                  'edit, >1 extrapolates); default 1')
   p.add_argument('--out', required=True, help='output directory')
+  p.add_argument('--overwrite', action='store_true',
+                 help='write into a non-empty --out (same-name files are '
+                 'replaced)')
   p.add_argument('--batch-size', type=int, default=8,
                  help='images per device batch (default 8)')
   p.add_argument('--strict', action='store_true',
@@ -93,7 +97,7 @@ def _fail(msg: str) -> int:
 def main(argv=None) -> int:
   args = parse_args(argv)
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from l2m_jax import editing, image_io  # pylint: disable=g-import-not-at-top
+  from l2m_jax import cli, editing, image_io  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
 
@@ -104,7 +108,8 @@ def main(argv=None) -> int:
       return _fail(f'--degrees must be finite numbers, got {a}')
   try:
     face_photos.check_align_arguments(args)
-  except ValueError as e:
+    cli.check_out_dir(args.out, args.overwrite)
+  except (ValueError, FileExistsError) as e:
     return _fail(str(e))
 
   # Inputs.

@@ -2,14 +2,14 @@
 
 Legacy mapper (unofficial checkpoints), one attribute, a strength sweep:
 
-  python scripts/edit_latent.py --latents latents.npy \
+  python3 scripts/edit_latent.py --latents latents.npy \
       --generator converted/stylegan2_ffhq --mapper converted/l2l_smiling \
       --boundaries boundaries_anycost-ffhq-config-f.pt --attribute smiling \
       --strengths 0 1 2 3 --out edits/
 
 Paper-mode mapper, an attribute-change vector (scaled by each strength):
 
-  python scripts/edit_latent.py --latents latents.pt --generator ... \
+  python3 scripts/edit_latent.py --latents latents.pt --generator ... \
       --mapper converted/l2l_paper --delta smiling=0.8,young=-0.5 \
       --strengths 0.5 1 --out edits/
 
@@ -83,7 +83,7 @@ def _fmt(s: float) -> str:
 def main(argv=None) -> int:
   args = parse_args(argv)
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from l2m_jax import image_io  # pylint: disable=g-import-not-at-top
+  from l2m_jax import cli, image_io  # pylint: disable=g-import-not-at-top
   from l2m_jax import latent_editing as le  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import mapper as cm  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
@@ -92,9 +92,7 @@ def main(argv=None) -> int:
   try:
     if args.batch_size < 1:
       raise ValueError(f'--batch-size {args.batch_size}: must be >= 1')
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-      raise FileExistsError(f'{out}: exists and is not empty (pass '
-                            '--overwrite)')
+    cli.check_out_dir(out, args.overwrite)
     mesh = None
     if args.num_devices is not None:
       from l2m_jax import parallel  # pylint: disable=g-import-not-at-top

@@ -1,6 +1,6 @@
 """L2M-GAN's official evaluation: FID for every (source, target) domain pair.
 
-  python scripts/evaluate.py --checkpoint converted/l2m_smiling \
+  python3 scripts/evaluate.py --checkpoint converted/l2m_smiling \
       --data data/celeba_hq --inception-weights inception_v3_google-1a9a5a14.pth \
       --out expr/eval/FID_100000_reference.json [--degree 1.0] [--eval-dir DIR]
 
@@ -21,6 +21,7 @@ import pathlib
 import time
 import warnings
 
+from l2m_jax import cli
 from l2m_jax import image_io
 from l2m_jax.convert import inception as convert_inception
 from l2m_jax.convert import torch_to_flax as t2f
@@ -60,6 +61,9 @@ def parse_args(argv=None):
                                       'l2m_jax', 'fid_stats'),
                  help='real-image statistics cache (default %(default)s); '
                  "'none' disables it")
+  p.add_argument('--overwrite', action='store_true',
+                 help='replace an existing --out file and write into a '
+                 'non-empty --eval-dir')
   p.add_argument('--no-progress', action='store_true')
   return p, p.parse_args(argv)
 
@@ -77,6 +81,11 @@ def run(args, parser):
   for name, d in (('validation', val_dir), ('training', train_dir)):
     if not os.path.isdir(d):
       raise FileNotFoundError(f'{d}: no such {name} directory')
+  out = args.out or os.path.join(args.checkpoint,
+                                 l2m_eval.results_filename(args.step))
+  cli.check_out_file(out, args.overwrite, '--out')
+  if args.eval_dir:
+    cli.check_out_dir(args.eval_dir, args.overwrite, '--eval-dir')
   variables, config = convert_l2m.load_l2m_checkpoint(args.checkpoint)
   print(f'checkpoint {args.checkpoint}: img_size {config.img_size}, domains '
         f'{list(config.domains)}', file=sys.stderr)
@@ -92,8 +101,6 @@ def run(args, parser):
       variables, config, val_dir, train_dir, extractor=extractor,
       degree=args.degree, batch_size=args.batch_size, cache_dir=cache,
       eval_dir=args.eval_dir, progress=not args.no_progress)
-  out = args.out or os.path.join(args.checkpoint,
-                                 l2m_eval.results_filename(args.step))
   l2m_eval.write_results(out, results)
   for k, v in results.items():
     print(f'{k}: {v:.4f}')
@@ -107,7 +114,7 @@ def main(argv=None):
   parser, args = parse_args(argv)
   try:
     return run(args, parser)
-  except (FileNotFoundError, NotADirectoryError, ValueError,
+  except (FileNotFoundError, NotADirectoryError, FileExistsError, ValueError,
           t2f.ConversionError, image_io.ImageReadError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -1,6 +1,6 @@
 """Writes the generated faces in the official `train/<domain>/` folder layout.
 
-  python scripts/export_synthetic_faces.py --out data/faces --attribute smiling \
+  python3 scripts/export_synthetic_faces.py --out data/faces --attribute smiling \
       --image_size 64 --num_train 2000 --num_val 200 --seed 0
 
 Domains are (attribute absent, attribute present), sorted so that label 0 is

@@ -1,9 +1,9 @@
 """FID between two image folders or .npz statistics files.
 
-  python scripts/fid.py PATH_A PATH_B --weights W [--protocol stargan_v2|standard]
+  python3 scripts/fid.py PATH_A PATH_B --weights W [--protocol stargan_v2|standard]
       [--save-stats OUT.npz] [--batch-size N] [--json OUT.json]
-  python scripts/fid.py PATH_A --save-stats OUT.npz --weights W   # stats only
-  python scripts/fid.py --weights W.pth --convert-to OUT_DIR       # convert
+  python3 scripts/fid.py PATH_A --save-stats OUT.npz --weights W   # stats only
+  python3 scripts/fid.py --weights W.pth --convert-to OUT_DIR       # convert
 
 Each PATH is an image folder or an .npz file with `mu` and `sigma` (the
 layout pytorch-fid's --save-stats writes). Inception weights are never
@@ -20,6 +20,7 @@ import pathlib
 import time
 import warnings
 
+from l2m_jax import cli
 from l2m_jax import image_io
 from l2m_jax.convert import inception as convert_inception
 from l2m_jax.convert import torch_to_flax as t2f
@@ -55,7 +56,8 @@ def parse_args(argv=None):
   p.add_argument('--convert-to', metavar='OUT_DIR',
                  help='convert --weights (.pth) to a converted folder and exit')
   p.add_argument('--overwrite', action='store_true',
-                 help='with --convert-to: replace an existing folder')
+                 help='replace an existing --save-stats / --json file or '
+                 '--convert-to folder')
   p.add_argument('--no-progress', action='store_true')
   return p, p.parse_args(argv)
 
@@ -78,6 +80,8 @@ def run(args, parser):
     parser.error(f'--batch-size={args.batch_size}: must be positive')
   if args.save_stats and not args.save_stats.endswith('.npz'):
     parser.error(f'--save-stats {args.save_stats}: must end in .npz')
+  cli.check_out_file(args.save_stats, args.overwrite, '--save-stats')
+  cli.check_out_file(args.json, args.overwrite, '--json')
   for path in args.paths:
     if not os.path.exists(path):
       raise FileNotFoundError(f'{path}: no such folder or .npz file')

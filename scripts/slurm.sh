@@ -18,7 +18,7 @@ DATA_DIR=${1:?usage: sbatch scripts/slurm.sh DATA_DIR WORKDIR}
 WORKDIR=${2:?usage: sbatch scripts/slurm.sh DATA_DIR WORKDIR}
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
 # Global batch: 8 images per GPU (the original 8 per run, scaled); it must divide over all GPUs.
-srun python -m l2m_jax.main \
+srun python3 -m l2m_jax.main \
   --config=configs/l2m_celebahq.py \
   --config.data_dir="${DATA_DIR}" \
   --config.batch_size=$((8 * SLURM_NNODES * 8)) \

@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
 # Installs the runtime and test dependencies, then runs the test suite.
 # Usage: bash scripts/test.sh [extra pytest args]   (slow tests: bash scripts/test.sh -m slow)
+#
+# torchvision's model definitions and pytorch-fid serve only as test references and are
+# installed without their dependencies (torchvision's PyPI wheel expects a CUDA torch). They go
+# to a folder of their own, $L2M_TEST_DEPS (default .test_deps/ in the repository), which only
+# the test run puts on its path: the user's own `import torchvision` stays as it was.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+test_deps="${L2M_TEST_DEPS:-$PWD/.test_deps}"
 python3 -m pip install -q -r requirements.txt -r requirements-test.txt
-python3 -m pip install -q --no-deps -r requirements-nodeps.txt
+if ! cmp -s requirements-nodeps.txt "$test_deps/.installed-requirements"; then
+  python3 -m pip install -q --no-deps --upgrade --target "$test_deps" \
+    -r requirements-nodeps.txt
+  mkdir -p "$test_deps"
+  cp requirements-nodeps.txt "$test_deps/.installed-requirements"
+fi
+export PYTHONPATH="$test_deps${PYTHONPATH:+:$PYTHONPATH}"
 set +e
 python3 -m pytest -q -m "not slow" "$@"
 rc=$?

@@ -10,6 +10,7 @@ import atexit
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 import types
 
@@ -28,13 +29,26 @@ jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs',
                   MIN_CACHED_COMPILE_SECS)
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# The test-only references (torchvision, pytorch-fid) live in a folder of
+# their own that scripts/test.sh fills; put it on the path of a direct
+# `pytest` run too (and of its subprocesses).
+TEST_DEPS = pathlib.Path(os.environ.get('L2M_TEST_DEPS',
+                                        REPO_ROOT / '.test_deps'))
+if TEST_DEPS.is_dir() and str(TEST_DEPS) not in sys.path:
+  sys.path.insert(0, str(TEST_DEPS))
+  os.environ['PYTHONPATH'] = os.pathsep.join(
+      p for p in (str(TEST_DEPS), os.environ.get('PYTHONPATH')) if p)
+
 # pytorch-fid imports torchvision at import time; make that work on CPU torch.
 from third_party.torchvision_compat import register_shim  # pylint: disable=g-import-not-at-top
 register_shim()
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / 'shared'
-FIXTURES = SHARED / 'fixtures'
+# Optional real-file fixtures; $L2M_FIXTURES points elsewhere (a missing
+# folder runs the suite as a checkout without them does).
+FIXTURES = pathlib.Path(os.environ.get('L2M_FIXTURES', SHARED / 'fixtures'))
 
 
 def compilation_env() -> dict[str, str]:
@@ -45,13 +59,22 @@ def compilation_env() -> dict[str, str]:
           'TF_CPP_MIN_LOG_LEVEL': '3'}
 
 
-@pytest.fixture
-def faces_dir():
-  """The real face photos in ../shared/fixtures/faces, or a skip when absent."""
+@pytest.fixture(scope='session')
+def faces_dir(tmp_path_factory):
+  """A folder of face images: the real photos of FIXTURES / 'faces' when
+  present, else four generated 256 px faces (l2m_jax.datasets.synthetic_faces),
+  so that the tests that need a face keep running without the fixtures.
+  """
   path = FIXTURES / 'faces'
-  if not path.is_dir() or not any(path.glob('*.png')):
-    pytest.skip(f'real-face fixtures not present at {path}')
-  return path
+  if path.is_dir() and any(path.glob('*.png')):
+    return path
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from l2m_jax.datasets import synthetic_faces  # pylint: disable=g-import-not-at-top
+  folder = tmp_path_factory.mktemp('generated_faces')
+  images = synthetic_faces.generate_arrays(4, image_size=256, seed=3)['image']
+  for k, image in enumerate(images):
+    Image.fromarray(image).save(folder / f'generated_{k}.png')
+  return folder
 
 
 # The settings of the shared run (and of the multi-process runs compared with

@@ -58,7 +58,8 @@ def randomize_norms_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def he_init_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-  """The official training init (spec §d): kaiming normal fan_in, gain sqrt(2),
+  """The official training init (docs/method.md#l2m-numerics): kaiming normal
+  fan_in, gain sqrt(2),
   for every Conv2d and Linear; biases small random (not 0) so that bias
   mapping errors show. Gives trained-like activation scales."""
   g = torch.Generator().manual_seed(seed)

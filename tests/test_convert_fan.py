@@ -1,7 +1,7 @@
 """Tests of l2m_jax.convert.fan (FAN state_dict and StarGAN v2 wing.ckpt).
 
 Reference: the state_dict of the in-house torch FAN (third_party/fan_torch.py)
-and the key/shape/parameter counts of spec l2m_gan.md §c.4 / Appendix A.3.
+and the key/shape/parameter counts of docs/architecture.md#ckpt-nets-ema.
 """
 
 import json
@@ -40,12 +40,12 @@ def template():
 
 def test_expected_shapes_match_torch_reference(state_dict):
   expected = convert_fan.fan_expected_shapes()
-  assert len(expected) == 336  # spec Appendix A.3
+  assert len(expected) == 336  # docs/architecture.md#ckpt-nets-ema
   assert expected == {k: tuple(v.shape) for k, v in state_dict.items()}
   params = sum(int(np.prod(s)) for k, s in expected.items()
                if not k.endswith(('running_mean', 'running_var',
                                   'num_batches_tracked')))
-  assert params == 6_333_603  # spec §c.4
+  assert params == 6_333_603  # docs/architecture.md#ckpt-nets-ema
 
 
 def test_convert_values_and_layout(state_dict, template):
@@ -166,7 +166,7 @@ def test_wing_checkpoint_file_errors(state_dict, tmp_path):
     convert_fan.convert_wing_checkpoint(tmp_path / 'absent.ckpt')
   garbage = tmp_path / 'garbage.ckpt'
   garbage.write_bytes(b'this is not a torch file')
-  with pytest.raises(t2f.ConversionError, match='not a loadable torch'):
+  with pytest.raises(t2f.ConversionError, match='is not a PyTorch checkpoint'):
     convert_fan.convert_wing_checkpoint(garbage)
   bare = tmp_path / 'bare.ckpt'
   torch.save(dict(state_dict), bare)

@@ -23,7 +23,8 @@ def _shapes(module):
 
 
 def test_expected_keys_match_official_layout():
-  """Appendix A counts and every shape, against the torch definitions."""
+  """docs/architecture.md#ckpt-nets-ema counts and every shape, against the
+  torch definitions."""
   config = l2m.L2MModelConfig()
   with torch.device('meta'):
     gen = l2m_torch.Generator(256, 64, 512, 1)
@@ -116,7 +117,7 @@ def test_bad_files(tmp_path):
     l2m_convert.convert_checkpoint(tmp_path / 'absent.ckpt')
   junk = tmp_path / 'junk.ckpt'
   junk.write_bytes(b'this is not a torch checkpoint')
-  with pytest.raises(t2f.ConversionError, match='not a loadable torch'):
+  with pytest.raises(t2f.ConversionError, match='is not a PyTorch checkpoint'):
     l2m_convert.convert_checkpoint(junk)
   tensor_file = tmp_path / 'tensor.ckpt'
   torch.save(torch.zeros(3), tensor_file)

@@ -56,7 +56,8 @@ def test_three_container_forms_agree(tmp_path):
     if k != 'constants/latent_avg':
       np.testing.assert_array_equal(fa[k], fc[k])
   np.testing.assert_array_equal(fa['constants/latent_avg'][3], avg.numpy())
-  # Layout rules (spec §d.4), checked against the torch tensors directly.
+  # Layout rules (docs/architecture.md#ckpt-stylegan2), checked against the
+  # torch tensors directly.
   np.testing.assert_array_equal(
       fa['params/convs_2/conv/weight'],
       sd['convs.2.conv.weight'][0].numpy().transpose(2, 3, 1, 0))
@@ -104,7 +105,7 @@ def test_not_a_generator(tmp_path):
   with pytest.raises(t2f.ConversionError, match='no StyleGAN2 generator'):
     cs.convert_file(tmp_path / 'x.pt', log=lambda *_: None)
   (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
-  with pytest.raises(t2f.ConversionError, match='not a loadable'):
+  with pytest.raises(t2f.ConversionError, match='is not a PyTorch checkpoint'):
     cs.convert_file(tmp_path / 'junk.pt', log=lambda *_: None)
 
 
@@ -167,7 +168,7 @@ def test_real_boundaries_file():
   np.testing.assert_allclose(np.linalg.norm(dirs, axis=1), 1.0, atol=2e-7)
   from l2m_jax.latent_editing import CELEBA_ATTRIBUTES
   assert tuple(names) == CELEBA_ATTRIBUTES
-  # Golden values, spec latent_to_latent.md §g.
+  # Golden values, docs/method.md#l2l-boundaries.
   golden = {
       '5_o_clock_shadow': ([-3.71063426e-02, 7.64668337e-04, -9.74680763e-03,
                             3.55879851e-02], -0.917062),

@@ -97,7 +97,7 @@ def test_all_problems_in_one_error(state_dict, tmp_path):
     convert_rf.convert_checkpoint(tmp_path / 'absent.pth')
   junk = tmp_path / 'junk.pth'
   junk.write_bytes(b'not a torch file')
-  with pytest.raises(t2f.ConversionError, match='not a loadable torch'):
+  with pytest.raises(t2f.ConversionError, match='is not a PyTorch checkpoint'):
     convert_rf.convert_checkpoint(junk)
 
 

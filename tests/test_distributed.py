@@ -1,4 +1,4 @@
-"""Multi-process runs on CPU (gloo): `python -m l2m_jax.main` as 2 processes.
+"""Multi-process runs on CPU (gloo): `python3 -m l2m_jax.main` as 2 processes.
 
 The default-suite test starts the training entry point as 2 processes x 2
 CPU devices with the environment variables of docs/training.md, on the
@@ -91,7 +91,7 @@ class _Processes:
 
 
 def _main_group(workdir, config_flags, log_dir, name, nproc=2, devices=2):
-  """`python -m l2m_jax.main` as `nproc` processes (docs/training.md)."""
+  """`python3 -m l2m_jax.main` as `nproc` processes (docs/training.md)."""
   port = _free_port()
   commands, envs = [], []
   for pid in range(nproc):

@@ -90,7 +90,7 @@ def test_align_usage_errors(tmp_path, capsys, model_dir, blind_detector):
       (['--align'], '--align needs --detector'),
       (['--align', '--detector', str(tmp_path / 'none.pth')],
        'no such checkpoint file'),
-      (['--align', '--detector', str(img)], 'not a loadable torch checkpoint'),
+      (['--align', '--detector', str(img)], 'is a PNG image, not a PyTorch'),
       (['--align', '--detector', str(blind_detector), '--max-faces', '0'],
        '--max-faces must be >= 1'),
       (['--align', '--detector', str(blind_detector), '--feather', '0.8'],

@@ -61,6 +61,11 @@ def test_edit_cli_end_to_end(tmp_path, capsys, w_hpf):
   with Image.open(out / 'grid.png') as im:
     pad = 2
     assert im.size == (4 * (size + pad) + pad, 3 * (size + pad) + pad)
+  before = sorted(p.relative_to(out) for p in out.rglob('*'))
+  assert edit.main(args) == 2  # never mixes old and new outputs
+  assert 'pass --overwrite' in capsys.readouterr().err
+  assert sorted(p.relative_to(out) for p in out.rglob('*')) == before
+  args += ['--overwrite']
   assert edit.main(args + ['--strict']) == 2
   assert 'unreadable' in capsys.readouterr().err
   assert edit.main(args[:5] + ['happy'] + args[6:]) == 2

@@ -19,7 +19,8 @@ TOL = 1e-4
 
 
 def _randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-  """He-normal convs and non-trivial BN statistics (spec fid.md §e.2)."""
+  """He-normal convs and non-trivial BN statistics
+  (docs/method.md#fid-inception)."""
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for m in model.modules():
@@ -116,7 +117,7 @@ def test_fid_variant_parity_with_pytorch_fid(jitted_apply, monkeypatch):
         f'{np.abs(want).mean():.3f}')
   assert err <= TOL
   # The pooling rules matter: the torchvision rules on the same weights give
-  # clearly different features (spec fid.md §a.4).
+  # clearly different features (docs/method.md#fid-inception).
   other = np.asarray(jitted_apply('torchvision')(variables, 2 * x01 - 1))
   assert np.abs(other - want).mean() > 100 * TOL
 

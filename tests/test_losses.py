@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from l2m_jax import image_io
 from l2m_jax import losses
 
 ATOL = 1e-5
@@ -108,7 +109,7 @@ def test_imagenet_normalize_matches_torchvision_normalize():
   from third_party.torchvision_compat import import_torchvision  # pylint: disable=g-import-not-at-top
   tv = import_torchvision()
   x = np.clip(_rand(14, 2, 5, 5, 3), -1, 1)
-  norm = tv.transforms.Normalize(losses.IMAGENET_MEAN, losses.IMAGENET_STD)
+  norm = tv.transforms.Normalize(image_io.IMAGENET_MEAN, image_io.IMAGENET_STD)
   want = norm(_t((x + 1) / 2).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
   np.testing.assert_allclose(losses.imagenet_normalize(x), want.numpy(),
                              atol=ATOL)

@@ -21,7 +21,7 @@ def _legacy_pair(seed=0):
   return ref, cm.build_model(cfg), variables
 
 
-def test_reference_layout_matches_spec():
+def test_reference_layout_matches_upstream():
   sd = tm.LevelsMapper().state_dict()
   assert len(sd) == 18
   assert sum(v.numel() for v in sd.values()) == 2363904
@@ -77,7 +77,8 @@ def test_paper_mode_conditioning_parity():
 
 def test_legacy_weights_in_paper_mapper_reproduce_legacy():
   """Split projection: a legacy file in a conditioned mapper, delta = 0 and
-  the legacy pre-shift + blend, computes the legacy function (spec §a.3)."""
+  the legacy pre-shift + blend, computes the legacy function
+  (docs/method.md#l2l-mapper)."""
   ref, legacy, lv = _legacy_pair(seed=2)
   cfg = cm.make_config('paper', combine='blend')
   pv, _ = cm.convert_state_dict(ref.state_dict(), 'ref', cfg)

@@ -49,8 +49,9 @@ def test_upfirdn2d_matches_torch(up, down, pad):
   np.testing.assert_allclose(np.asarray(out), _nhwc(ref), atol=1e-5)
 
 
-def test_reference_matches_spec_counts():
-  """stylegan2-pytorch config-f 1024: 171 entries, 30,370,060 params (spec §d.3)."""
+def test_reference_matches_upstream_counts():
+  """stylegan2-pytorch config-f 1024: 171 entries, 30,370,060 params
+  (docs/architecture.md#ckpt-stylegan2)."""
   g = ts.Generator(1024)
   assert len(g.state_dict()) == 171
   assert sum(p.numel() for p in g.parameters()) == 30370060

@@ -1,38 +1,62 @@
-"""Periodic FID inside training, with random-weight Inception weights."""
+"""Periodic FID inside training, checked against scripts/fid.py.
 
+The shared `tiny_run` (conftest.py) trains 4 steps with the L2M-GAN FID at
+step 4 (random-weight torchvision Inception). Training computes it in memory
+from the edits of the validation images; scripts/fid.py reads the PNGs that
+the evaluation saved and the training folders from disk, through the file
+path of the FID module, and must give the same numbers.
+"""
+
+import importlib.util
 import json
-import math
+import pathlib
 
 import pytest
-import torch
 
-from configs import tiny
-from l2m_jax import train_l2m
 from l2m_jax.evaluation import l2m_eval
-from tests import test_inception
-from tests.test_input_pipeline import make_folder
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_train_and_evaluate_writes_periodic_fid(tmp_path):
-  data = make_folder(tmp_path / 'data', counts=(('neg', 3), ('pos', 3)),
-                     val=2, size=(40, 40))
-  weights = tmp_path / 'inception_random.pth'
-  torch.save(test_inception._torchvision_model(seed=1).state_dict(),  # pylint: disable=protected-access
-             weights)
-  config = tiny.get_config()
-  config.data_dir = str(data)
-  config.eval_every = 2
-  config.eval_fid = True
-  config.inception_checkpoint = str(weights)
-  workdir = tmp_path / 'run'
-  train_l2m.train_and_evaluate(config, str(workdir))
-  result = json.loads((workdir / l2m_eval.results_filename(2)).read_text())
+def _fid_cli():
+  spec = importlib.util.spec_from_file_location('train_fid_cli',
+                                                ROOT / 'scripts' / 'fid.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_periodic_fid_equals_scripts_fid_on_the_same_images(tiny_run,
+                                                           tmp_path):
+  step = tiny_run.config.eval_every
+  result = json.loads(
+      (tiny_run.workdir / l2m_eval.results_filename(step)).read_text())
   assert set(result) == {'FID_reference/neg2pos', 'FID_reference/pos2neg',
                          'FID_reference/mean'}
-  assert all(math.isfinite(v) for v in result.values())
+  eval_dir = tiny_run.workdir / f'eval_{step:06d}'
+  # The edited validation images were written per task, as the official
+  # evaluation does: one PNG per validation image of the source domain.
+  assert sorted(p.name for p in eval_dir.iterdir()) == ['neg2pos', 'pos2neg']
+  fid_cli = _fid_cli()
+  for task in ('neg2pos', 'pos2neg'):
+    src, trg = task.split('2')
+    assert ([p.stem for p in sorted((eval_dir / task).glob('*.png'))] ==
+            [p.stem for p in sorted((tiny_run.data / 'val' / src).iterdir())])
+    out = tmp_path / f'{task}.json'
+    rc = fid_cli.main([str(eval_dir / task),
+                       str(tiny_run.data / 'train' / trg),
+                       '--weights', str(tiny_run.weights),
+                       '--protocol', 'stargan_v2', '--json', str(out),
+                       '--no-progress'])
+    assert rc == 0
+    reference = json.loads(out.read_text())
+    assert reference['num_images'] == [
+        len(list((eval_dir / task).iterdir())),
+        len(list((tiny_run.data / 'train' / trg).iterdir()))]
+    # Same images, same weights; only the batch composition and the order
+    # of the float64 accumulation differ.
+    assert result[f'FID_reference/{task}'] == pytest.approx(
+        reference['fid'], rel=1e-6, abs=1e-6)
   assert result['FID_reference/mean'] == pytest.approx(
-      (result['FID_reference/neg2pos'] + result['FID_reference/pos2neg']) / 2)
-  # The edited val images were written per task, as the official eval does.
-  assert sorted(p.name for p in (workdir / 'eval_000002').iterdir()) == [
-      'neg2pos', 'pos2neg']
+      (result['FID_reference/neg2pos'] + result['FID_reference/pos2neg']) / 2,
+      rel=1e-12)

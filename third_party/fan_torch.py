@@ -1,9 +1,10 @@
 """In-house PyTorch reference of the FAN (wing) landmark network and masks.
 
-Written from the specification `shared/spec/l2m_gan.md` §b.5, §c.4 and §d
+Written from docs/method.md#l2m-fan-masks, docs/architecture.md#ckpt-nets-ema,
+docs/method.md#l2m-numerics
 (the 98-landmark FAN used by StarGAN v2 / L2M-GAN as `nets.fan`). Module and
 attribute names follow the upstream parameter names, so `FAN().state_dict()`
-has exactly the 336 keys of Appendix A.3 of the spec.
+has exactly the 336 keys of docs/architecture.md#ckpt-nets-ema.
 
 Used only by the parity tests and benchmarks; `l2m_jax` never imports it.
 
@@ -13,7 +14,8 @@ Contents:
   ConvBlock     the pre-activation three-conv block with concatenated outputs.
   HourGlass     coordconv + a depth-4 recursive hourglass.
   FAN           conv1/bn1/conv2/conv3/conv4/m0/top_m_0/conv_last0/bn_end0/l0.
-  preprocess    the mask post-processing of §b.5 step 4 (NCHW, 98 channels).
+  preprocess    the mask post-processing of docs/method.md#l2m-fan-masks step 4
+  (NCHW, 98 channels).
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ class FAN(nn.Module):
 
   @torch.no_grad()
   def get_heatmap(self, x: torch.Tensor, b_preprocess: bool = True):
-    """Mask extraction of spec §b.5.
+    """Mask extraction of docs/method.md#l2m-fan-masks.
 
     Args:
       x: [N, 3, S, S] images in [-1, 1].
@@ -190,7 +192,7 @@ def _roll(v: torch.Tensor, k: int) -> torch.Tensor:
 def preprocess(heat: torch.Tensor):
   """Heatmaps [N, 98, H, W] (H = 256) -> (M_1, M_2), each [N, 1, H, W].
 
-  Steps a-j of spec §b.5.4; channel ranges below are half-open.
+  Steps a-j of docs/method.md#l2m-fan-masks; channel ranges below are half-open.
   """
   x = heat.clone()
   x[x < 0.1] = 0

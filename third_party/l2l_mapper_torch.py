@@ -1,13 +1,15 @@
 """Latent-To-Latent mapper in PyTorch, unofficial-checkpoint layout.
 
-Written in-house from ../shared/spec/latent_to_latent.md §b (Khodadadeh et
+Written in-house from docs/method.md#l2l-mapper (Khodadadeh et
 al., "Latent to Latent", WACV 2022; layout of the unofficial
 `850552586/Latent-To-Latent` mapper checkpoints). Three groups of W+ rows
 (coarse 0-3 as `course_mapping` [sic], medium 4-7, fine 8-17), each a
 3-layer MLP of EqualLinear(512 -> 512, lr_mul 0.01) with tanh, tanh, none;
-no PixelNorm; not residual. `state_dict()` has exactly the 18 keys of §b.3.
+no PixelNorm; not residual. `state_dict()` has exactly the 18 keys of
+docs/architecture.md#ckpt-mapper.
 
-Optional paper-mode conditioning (§a.3, not in the unofficial code): with
+Optional paper-mode conditioning (docs/method.md#l2l-mapper, not in the
+unofficial code): with
 `cond_dim > 0` each group gets `cond`, an EqualLinear(A -> 512, lr_mul 0.01,
 no bias, zero-initialised) added to the first layer's pre-activation.
 Used only by parity tests and benchmarks.

@@ -1,7 +1,8 @@
 """In-house PyTorch reference of the L2M-GAN networks (CVPR 2021).
 
-Written from the project specification (`shared/spec/l2m_gan.md` §b.1-§b.4,
-§c, §d), with the parameter names of the authors' `core/model.py` key for key,
+Written from docs/method.md#l2m-networks, docs/method.md#l2m-numerics and
+docs/architecture.md#ckpt-nets-ema, with the parameter names of the authors'
+`core/model.py` (rucmlcv/L2M-GAN) key for key,
 so that `state_dict()` of these modules has exactly the layout of the official
 `{step:06d}_nets_ema.ckpt` (generator, style_encoder) and of a training
 `_nets.ckpt` (discriminator). Used only by the parity tests and the edit

@@ -1,9 +1,10 @@
 """StyleGAN2 generator in PyTorch, stylegan2-pytorch parameter layout, pure-torch ops.
 
-Written in-house from ../shared/spec/latent_to_latent.md §d (Karras et al.,
+Written in-house from docs/method.md#stylegan2 (Karras et al.,
 "Analyzing and Improving the Image Quality of StyleGAN", CVPR 2020) so that a
 `state_dict()` of `Generator(1024, 512, 8, channel_multiplier=2)` has exactly
-the 171 keys and shapes of a stylegan2-pytorch `g_ema` (spec §d.3). `upfirdn2d` and
+the 171 keys and shapes of a stylegan2-pytorch `g_ema`
+(docs/architecture.md#ckpt-stylegan2). `upfirdn2d` and
 the fused leaky ReLU are plain torch (no CUDA extension), so the module runs on
 a CPU-only torch. Used only by parity tests and benchmarks.
 
@@ -85,7 +86,8 @@ class FusedLeakyReLU(nn.Module):
 
 
 class EqualLinear(nn.Module):
-  """Linear with runtime scale lr_mul / sqrt(in_dim) (spec §b.1)."""
+  """Linear with runtime scale lr_mul / sqrt(in_dim)
+  (docs/method.md#equal-linear)."""
 
   def __init__(self, in_dim, out_dim, bias=True, bias_init=0.0, lr_mul=1.0,
                activation=None):
@@ -138,7 +140,8 @@ class Blur(nn.Module):
 
 
 class ModulatedConv2d(nn.Module):
-  """Per-sample weight `scale * weight * s`, optional demodulation (§d.1)."""
+  """Per-sample weight `scale * weight * s`, optional demodulation
+  (docs/method.md#stylegan2)."""
 
   def __init__(self, in_channel, out_channel, kernel_size, style_dim,
                demodulate=True, upsample=False, blur_kernel=(1, 3, 3, 1)):

@@ -1,7 +1,7 @@
 """FAN (wing) PyTorch state_dict / `wing.ckpt` -> `l2m_jax.models.fan.FAN`.
 
-Spec: `shared/spec/l2m_gan.md` §c.4 and Appendix A.3 (the 336 keys of the
-`fan` entry of the L2M-GAN nets_ema checkpoint), §c.8 (layouts), §c.9
+Layouts: docs/architecture.md#ckpt-nets-ema (the 336 keys of the `fan` entry
+of the L2M-GAN nets_ema checkpoint) and docs/architecture.md#ckpt-wing
 (StarGAN v2's `wing.ckpt`).
 
 Mapping: torch `a.b.c` -> Flax `a/b/c` with Conv2d `weight` -> params
@@ -68,7 +68,8 @@ def _conv_block_shapes(prefix: str, cin: int, cout: int) -> dict[str, tuple]:
 
 
 def fan_expected_shapes() -> dict[str, tuple]:
-  """torch key -> shape for all 336 FAN state_dict entries (Appendix A.3).
+  """torch key -> shape for all 336 FAN state_dict entries
+  (docs/architecture.md#ckpt-nets-ema).
 
   `num_batches_tracked` entries have shape ().
   """
@@ -148,7 +149,8 @@ def convert_fan_state_dict(state_dict: Mapping[str, Any], source: str
   """Strictly converts a FAN state_dict (e.g. nets_ema['fan']).
 
   Args:
-    state_dict: torch key -> tensor, the 336 keys of Appendix A.3.
+    state_dict: torch key -> tensor, the 336 keys of
+    docs/architecture.md#ckpt-nets-ema.
     source: a name for error messages, e.g. 'ckpt.pt[fan]'.
 
   Returns:

@@ -6,7 +6,8 @@
 * pytorch-fid, `pt_inception-2015-12-05-6726825d.pth`: the TF FID Inception,
   1008 classes, no AuxLogits. Used by the standard (pytorch-fid) protocol.
 
-Both hold the same 94 BasicConv2d prefixes (spec fid.md §b). `fc.*`,
+Both hold the same 94 BasicConv2d prefixes
+(docs/architecture.md#ckpt-inception). `fc.*`,
 `AuxLogits.*` and `*.num_batches_tracked` are dropped. The remaining keys
 must equal the 470 feature-extractor keys exactly, with the shapes the Flax
 model expects; otherwise one `ConversionError` lists every problem. The file
@@ -57,7 +58,7 @@ NO_DOWNLOAD_HELP = (
     'inception_v3_google-1a9a5a14.pth (or -0cc3c7bd.pth); the standard / '
     'pytorch_fid protocol needs pytorch-fid\'s '
     'pt_inception-2015-12-05-6726825d.pth. Either the raw .pth or a folder '
-    'written by `python scripts/fid.py --weights FILE.pth --convert-to DIR` '
+    'written by `python3 scripts/fid.py --weights FILE.pth --convert-to DIR` '
     'is accepted (see docs/fid.md).')
 
 
@@ -71,7 +72,8 @@ def _flax_conv_prefixes(template: Mapping[str, Any]) -> dict[str, tuple]:
 
 
 def expected_keys() -> dict[str, tuple]:
-  """The 470 torch feature-extractor keys -> shapes (spec fid.md §b.2)."""
+  """The 470 torch feature-extractor keys -> shapes
+  (docs/architecture.md#ckpt-inception)."""
   template = inception_lib.variables_template('torchvision')
   expected = {}
   for prefix, (kh, kw, cin, cout) in _flax_conv_prefixes(template).items():
@@ -171,7 +173,7 @@ SAFE_RESAVE_HELP = (
     'l2m_jax never unpickles code, whatever the file. If a file you trust '
     'cannot be read with weights_only=True, re-save its tensors once with '
     'torch and pass the new file:\n'
-    '    python -c "import sys, torch; sd = torch.load(sys.argv[1], '
+    '    python3 -c "import sys, torch; sd = torch.load(sys.argv[1], '
     "map_location='cpu', weights_only=False); torch.save({k: v for k, v in "
     'sd.items()}, sys.argv[2])" IN.pth OUT.pth\n'
     '(this runs whatever the file contains: do it only for a file from a '

@@ -26,18 +26,7 @@ BN_LEAVES = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
              'running_var': ('batch_stats', 'var')}
 
 
-def module_path(torch_module: str) -> str:
-  """'body.3.res_layer.5.fc1' -> 'body_3/res_layer_5/fc1'."""
-  parts = torch_module.split('.')
-  out, i = [], 0
-  while i < len(parts):
-    if i + 1 < len(parts) and parts[i + 1].isdigit():
-      out.append(f'{parts[i]}_{parts[i + 1]}')
-      i += 2
-    else:
-      out.append(parts[i])
-      i += 1
-  return '/'.join(out)
+module_path = t2f.module_path  # 'body.3.res_layer.5.fc1' -> 'body_3/...'
 
 
 def bn_shapes(prefix: str, n: int, exp: dict[str, tuple]) -> None:

@@ -1,7 +1,7 @@
 """Official L2M-GAN checkpoints (`{step:06d}_nets_ema.ckpt`, `_nets.ckpt`) -> Flax.
 
-Spec: `shared/spec/l2m_gan.md` §c (format, keys, shapes, layouts) and
-Appendix A/B. The file is a `torch.save`d dict of state_dicts:
+Format, keys, shapes and layouts: docs/architecture.md#ckpt-nets-ema. The
+file is a `torch.save`d dict of state_dicts:
 
   generator       required (128 keys at 256 px, w_hpf 1)
   style_encoder   required (57 keys)

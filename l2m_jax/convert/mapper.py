@@ -1,16 +1,18 @@
 """Latent-To-Latent mapper `.pt` and InterFaceGAN boundaries -> Flax / numpy.
 
-Mapper (spec latent_to_latent.md §b.3): a flat state_dict of 18 tensors,
+Mapper (docs/architecture.md#ckpt-mapper): a flat state_dict of 18 tensors,
 `{course,medium,fine}_mapping.mapping.{0,1,2}.0.{weight,bias}`, (512, 512) and
 (512,), saved from `latent_model.state_dict()` (a `{"state_dict": ...}`
 wrapper and a DataParallel `module.` prefix are accepted too). Linear weights
 are transposed to (in, out) and kept raw. Paper-mode files also carry
 `{..}_mapping.cond.weight` (512, A); when a legacy file is loaded into a
-paper-mode mapper the conditioning block is zero (§b.3), which makes paper
+paper-mode mapper the conditioning block is zero
+(docs/architecture.md#ckpt-mapper), which makes paper
 mode compute the legacy function when the legacy pre-shift and blend are
 used.
 
-Boundaries (§g): a dict of 40 unit-norm (1, 512) float32 tensors keyed
+Boundaries (docs/method.md#l2l-boundaries): a dict of 40 unit-norm (1, 512)
+float32 tensors keyed
 `'{NN}_{CelebA name}'`. Converted to a (N, 512) array, in file order, with the
 original keys and the normalised names (prefix dropped, lower case, e.g.
 `smiling`) in meta.json.
@@ -194,7 +196,8 @@ def load_mapper(path: str):
 # ----------------------------------------------------------------- boundaries
 
 def normalize_name(key: str) -> str:
-  """'31_Smiling' -> 'smiling' (drop the NN_ prefix, lower-case; §g)."""
+  """'31_Smiling' -> 'smiling' (drop the NN_ prefix, lower-case;
+  docs/method.md#l2l-boundaries)."""
   return re.sub(r'^\d\d_', '', str(key)).lower()
 
 

@@ -1,6 +1,6 @@
 """stylegan2-pytorch StyleGAN2 `g_ema` -> Flax `l2m_jax.models.stylegan2.Generator`.
 
-Accepted inputs (spec latent_to_latent.md §d.3, §e.2, converter summary):
+Accepted inputs (docs/architecture.md#ckpt-stylegan2, docs/method.md#restyle):
 
 * a stylegan2-pytorch checkpoint dict `{"g_ema": ..., "latent_avg": (512,), ...}`
   (converter output or training checkpoint; `g`, `d`, optimiser states and
@@ -10,7 +10,8 @@ Accepted inputs (spec latent_to_latent.md §d.3, §e.2, converter summary):
   "encoder.*": ...}, "latent_avg": (18, 512) or (512,), "opts": ...}`: the
   `decoder.` keys are taken, everything else is ignored.
 
-Layout rules (§d.4): modconv weight (1, O, I, k, k) -> (k, k, I, O) raw (no
+Layout rules (docs/architecture.md#ckpt-stylegan2): modconv weight (1, O, I, k,
+k) -> (k, k, I, O) raw (no
 extra flip: stylegan2-pytorch files already hold PyTorch-convention kernels);
 EqualLinear (out, in) -> (in, out) raw; `input.input` -> (1, 4, 4, C);
 `to_rgb*.bias` (1, 3, 1, 1) -> (3,); noise buffers (1, 1, r, r) -> (1, r, r, 1)
@@ -152,21 +153,6 @@ def expected_shapes(config: Mapping[str, Any]) -> dict[str, tuple]:
   return exp
 
 
-def _flax_path(key: str) -> str:
-  """'convs.3.conv.modulation.weight' -> 'convs_3/conv/modulation/weight'."""
-  parts = key.split('.')
-  out = []
-  i = 0
-  while i < len(parts):
-    if i + 1 < len(parts) and parts[i + 1].isdigit():
-      out.append(f'{parts[i]}_{parts[i + 1]}')
-      i += 2
-    else:
-      out.append(parts[i])
-      i += 1
-  return '/'.join(out)
-
-
 def convert_state_dict(sd: Mapping[str, Any], source: str,
                        config: Mapping[str, Any] | None = None,
                        latent_avg: Any = None
@@ -227,16 +213,16 @@ def convert_state_dict(sd: Mapping[str, Any], source: str,
       path = 'params/input/input'
       val = np.transpose(v, (0, 2, 3, 1))
     elif k.endswith('conv.weight'):
-      path = 'params/' + _flax_path(k)
+      path = 'params/' + t2f.module_path(k)
       val = np.transpose(v[0], (2, 3, 1, 0))
     elif k.startswith('style.') or k.endswith('modulation.weight'):
-      path = 'params/' + _flax_path(k)
+      path = 'params/' + t2f.module_path(k)
       val = t2f.dense_kernel(v) if k.endswith('weight') else v
     elif k.startswith('to_rgb') and k.endswith('.bias') and v.ndim == 4:
-      path = 'params/' + _flax_path(k)
+      path = 'params/' + t2f.module_path(k)
       val = v.reshape(3)
     else:
-      path = 'params/' + _flax_path(k)
+      path = 'params/' + t2f.module_path(k)
       val = v
     t2f.set_path(variables, path, np.ascontiguousarray(val, np.float32))
     key_map[k] = path

@@ -66,12 +66,14 @@ class ConversionError(ValueError):
   def __init__(self, source: str, missing: Iterable[str] = (),
                unexpected: Iterable[str] = (),
                mismatched: Iterable[tuple[str, tuple, tuple]] = (),
-               note: str = ''):
+               note: str = '',
+               headline: str = 'checkpoint does not match the expected '
+               'layout.'):
     self.source = str(source)
     self.missing = sorted(missing)
     self.unexpected = sorted(unexpected)
     self.mismatched = sorted(mismatched)
-    lines = [f'{self.source}: checkpoint does not match the expected layout.']
+    lines = [f'{self.source}: {headline}']
     if note:
       lines.append(note)
     if self.missing:
@@ -96,6 +98,60 @@ def sha256_file(path: str | os.PathLike) -> str:
   return digest.hexdigest()
 
 
+TORCH_INSTALL_HELP = ('python3 -m pip install torch==2.13.0 (the CPU build '
+                      'is enough; or: python3 -m pip install -r '
+                      'requirements-test.txt)')
+
+
+class MissingTorchError(ConversionError):
+  """torch, needed only to read PyTorch files, is not installed."""
+
+  def __init__(self, source: str):
+    super().__init__(
+        source, headline='reading a PyTorch checkpoint needs torch, which is '
+        f'not installed. Install it with: {TORCH_INSTALL_HELP}')
+
+
+# The first bytes of files people pass by mistake, and what they are.
+_MAGIC = ((b'\x89PNG', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'),
+          (b'GIF8', 'a GIF image'), (b'\x89HDF', 'an HDF5 file'),
+          (b'\x93NUMPY', 'a numpy .npy array'), (b'{', 'a JSON/text file'),
+          (b'\x1f\x8b', 'a gzip archive (unpack it first)'),
+          (b'<', 'an HTML/XML page (a failed download?)'))
+
+
+def _not_a_checkpoint(path: pathlib.Path) -> str | None:
+  """Why `path` cannot be a torch.save file, judged by its bytes; or None.
+
+  torch.save writes a zip archive holding `<name>/data.pkl` (torch >= 1.6)
+  or, in the legacy format, a pickle stream (first byte 0x80).
+  """
+  import zipfile  # pylint: disable=g-import-not-at-top
+  with open(path, 'rb') as f:
+    head = f.read(16)
+  if not head:
+    return 'is an empty file'
+  if head.startswith(b'PK'):
+    try:
+      with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+      return ('is a damaged or truncated zip archive (an incomplete '
+              'download or copy?)')
+    if not any(n.endswith('data.pkl') for n in names):
+      what = ('a numpy .npz archive' if any(n.endswith('.npy') for n in names)
+              else 'a zip archive')
+      return f'is {what}, not a PyTorch checkpoint (it has no data.pkl)'
+    return None
+  if head[0] == 0x80:
+    return None
+  for magic, what in _MAGIC:
+    if head.startswith(magic):
+      return f'is {what}, not a PyTorch checkpoint'
+  return (f'is not a PyTorch checkpoint: torch.save writes a zip archive or a '
+          f'pickle stream, and this file starts with {head[:8]!r}')
+
+
 def load_torch_file(path: str | os.PathLike) -> Any:
   """Loads a `torch.save` file on the CPU with `weights_only=True`.
 
@@ -106,17 +162,28 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     The unpickled object (tensors stay torch tensors).
 
   Raises:
-    FileNotFoundError: the path does not exist or is a directory.
-    ConversionError: the file is not a loadable torch checkpoint.
+    FileNotFoundError: the path does not exist or is a directory (the
+      message says which).
+    MissingTorchError: torch is not installed.
+    ConversionError: the file is not a loadable torch checkpoint; the
+      message says what it is instead when its bytes tell.
   """
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f'{path}: no such checkpoint file')
   if path.is_dir():
-    raise FileNotFoundError(f'{path}: is a directory, expected a torch '
-                            'checkpoint file')
+    hint = (' (it is a converted l2m_jax checkpoint directory, which needs '
+            'no conversion)' if (path / META_FILE).is_file() else '')
+    raise FileNotFoundError(f'{path}: is a directory, expected a PyTorch '
+                            f'checkpoint file{hint}')
+  what = _not_a_checkpoint(path)
+  if what is not None:
+    raise ConversionError(path, headline=what)
   import argparse  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise MissingTorchError(path) from None
   try:
     # Training checkpoints of several upstream code bases store their CLI
     # arguments as an argparse.Namespace next to the weights (e.g. 'args');
@@ -125,7 +192,7 @@ def load_torch_file(path: str | os.PathLike) -> Any:
       return torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
     raise ConversionError(
-        path, note=f'  not a loadable torch checkpoint '
+        path, headline='is not a loadable PyTorch checkpoint '
         f'(torch.load(weights_only=True) failed: {type(e).__name__}: '
         f'{str(e).splitlines()[0] if str(e) else ""})') from e
 
@@ -239,6 +306,23 @@ def dense_kernel(weight: Any) -> np.ndarray:
   return np.ascontiguousarray(to_numpy(weight).T)
 
 
+def module_path(torch_key: str) -> str:
+  """A torch module path as a Flax one: list indices join their container.
+
+  'body.3.res_layer.5.fc1' -> 'body_3/res_layer_5/fc1'.
+  """
+  parts = torch_key.split('.')
+  out, i = [], 0
+  while i < len(parts):
+    if i + 1 < len(parts) and parts[i + 1].isdigit():
+      out.append(f'{parts[i]}_{parts[i + 1]}')
+      i += 2
+    else:
+      out.append(parts[i])
+      i += 1
+  return '/'.join(out)
+
+
 def set_path(tree: dict, path: str, value: Any) -> None:
   """Sets tree[a][b][c] = value for path 'a/b/c', creating dicts on the way."""
   *parents, leaf = path.split('/')
@@ -308,8 +392,8 @@ def _next_variables_dir(out_dir: pathlib.Path) -> str:
 
 
 def _is_main_process() -> bool:
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.process_index() == 0
+  from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
+  return parallel.is_main_process()
 
 
 def _sync(name: str) -> None:

@@ -1,8 +1,9 @@
 """Procedurally generated faces: the project's embedded, download-free dataset.
 
 L2M-GAN edits one binary facial attribute while keeping identity and the
-irrelevant content (spec l2m_gan.md §a.1: "attribute correctness" and
-"irrelevance preservation"; §g: one two-domain `train/<domain>/` folder per
+irrelevant content (docs/method.md#l2m-gan: "attribute correctness" and
+"irrelevance preservation"; docs/method.md#l2m-data: one two-domain
+`train/<domain>/` folder per
 attribute). No face data set can be downloaded here, so this module renders
 cartoon faces whose every factor of variation is known:
 
@@ -71,7 +72,8 @@ HAIR_STYLES = ('short', 'long', 'side_part')
 
 # Binary attributes and their two domain names, (absent, present). The names
 # sort so that label 0 = attribute absent, as the ImageFolder convention
-# assigns labels by sorted folder name (spec §c.1, §g).
+# assigns labels by sorted folder name (docs/architecture.md#ckpt-nets-ema,
+# docs/method.md#l2m-data).
 ATTRIBUTES = ('smiling', 'eyeglasses', 'grey_hair')
 DOMAINS = {
     'smiling': ('no_smile', 'smile'),
@@ -95,10 +97,18 @@ _HAIR_DARK = np.array([66.0, 46.0, 30.0])   # luma about 50: never near-black
 _HAIR_BROWN = np.array([146.0, 100.0, 58.0])
 
 
-def _check_attribute(attribute: str) -> None:
+def check_attribute(attribute: str, field: str | None = None) -> None:
+  """A ValueError unless `attribute` is one of ATTRIBUTES.
+
+  Args:
+    attribute: the attribute name.
+    field: the config field it came from (e.g. 'config.demo.attribute'),
+      named first in the message.
+  """
   if attribute not in ATTRIBUTES:
-    raise ValueError(f'unknown attribute {attribute!r}; expected one of '
-                     f'{", ".join(ATTRIBUTES)}')
+    where = f'{field}={attribute!r}: ' if field else ''
+    raise ValueError(f'{where}unknown attribute {attribute!r}; expected one '
+                     f'of {", ".join(ATTRIBUTES)}')
 
 
 def _check_split(split: str) -> None:
@@ -334,7 +344,7 @@ def _draw(identity, attributes, size: int, supersample: int,
               [ex + g.eye_rx, g.eye_y - g.eye_ry - 0.035]], 255,
              g.brow_w + 0.03)
     else:
-      _check_attribute(region)
+      check_attribute(region)
     return img
 
   # Clothes and neck.
@@ -549,7 +559,7 @@ def attribute_region_mask(identity: Sequence[float], attribute: str,
     float32 [image_size, image_size] in {0, 1}; 1 = inside the region.
   """
   _check_size(image_size)
-  _check_attribute(attribute)
+  check_attribute(attribute)
   attrs = {a: 0 for a in ATTRIBUTES}
   img = _draw(identity, attrs, image_size, _supersample(image_size),
               region=attribute)
@@ -771,7 +781,7 @@ def export_folder_layout(root: str | pathlib.Path, attribute: str = 'smiling',
   Returns:
     {'root', 'domains', 'counts': {split: {domain: n}}}.
   """
-  _check_attribute(attribute)
+  check_attribute(attribute)
   root = pathlib.Path(root)
   settings = dict(attribute=attribute, image_size=int(image_size),
                   num_train=int(num_train), num_val=int(num_val),

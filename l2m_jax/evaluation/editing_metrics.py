@@ -1,7 +1,8 @@
 """Editing-quality metrics: attribute correctness and irrelevance preservation.
 
-L2M-GAN's two goals (spec l2m_gan.md §a.1) are measured here; the paper's own
-classifier and identity network are unknown (spec §f.2), so this module trains
+L2M-GAN's two goals (docs/method.md#l2m-gan) are measured here; the paper's own
+classifier and identity network are unknown (docs/method.md#l2m-evaluation), so
+this module trains
 its own small JAX models on the generated faces and accepts any others:
 
 * Attribute correctness: accuracy, on edited images, of an attribute
@@ -10,7 +11,8 @@ its own small JAX models on the generated faces and accepts any others:
 * Irrelevance preservation: the mean L2 distance between the identity vectors
   an identity regressor predicts for the source and the edited image
   (`identity_error`), compared with the same distance for a reconstruction
-  baseline (the degree-0 edit, spec §a.4), and the mean absolute pixel change
+  baseline (the degree-0 edit, docs/method.md#l2m-edit), and the mean absolute
+  pixel change
   outside the attribute's region (`pixel_change_outside`).
 * FID, through `l2m_jax.evaluation.fid`, when converted Inception weights are
   given (`fid_or_skip`); none exist offline, which is reported, not hidden.

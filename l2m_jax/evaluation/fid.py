@@ -1,6 +1,7 @@
 """Fréchet Inception Distance: preprocessing, streamed statistics, distance.
 
-Two protocols (spec fid.md §c; the CLI names first, the spec names after):
+Two protocols (docs/method.md#fid-protocols; the CLI names first, their
+aliases after):
 
 * `stargan_v2` (alias `l2m_official`): what L2M-GAN's `metrics/fid.py` and
   `metrics/eval.py` compute. Files found recursively with the case-sensitive
@@ -53,8 +54,6 @@ from l2m_jax import parallel
 from l2m_jax.models import inception as inception_lib
 
 INCEPTION_SIZE = 299
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +82,7 @@ PROTOCOL_CHOICES = tuple(PROTOCOLS) + tuple(ALIASES)
 
 
 def get_protocol(name: str | Protocol) -> Protocol:
-  """Protocol by CLI name or spec alias; a clear ValueError otherwise."""
+  """Protocol by CLI name or alias; a clear ValueError otherwise."""
   if isinstance(name, Protocol):
     return name
   key = ALIASES.get(name, name)
@@ -168,8 +167,8 @@ def device_normalize(u8: jax.Array, protocol: str | Protocol) -> jax.Array:
   proto = get_protocol(protocol)
   x = jnp.asarray(u8).astype(jnp.float32) / 255.0  # ToTensor
   if proto.name == 'stargan_v2':
-    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-    std = jnp.asarray(IMAGENET_STD, jnp.float32)
+    mean = jnp.asarray(image_io.IMAGENET_MEAN, jnp.float32)
+    std = jnp.asarray(image_io.IMAGENET_STD, jnp.float32)
     return (x - mean) / std
   b, h, w, c = x.shape
   if (h, w) != (INCEPTION_SIZE, INCEPTION_SIZE):
@@ -211,7 +210,7 @@ class FeatureExtractor:
     """Builds the extractor.
 
     Args:
-      protocol: 'stargan_v2' | 'standard' (or their spec aliases).
+      protocol: 'stargan_v2' | 'standard' (or their aliases).
       variables: Inception {params, batch_stats}; unused with `features_fn`.
       weights_id: string identifying the weights (cache key).
       batch_size: images per call; the protocol's default when None.
@@ -317,7 +316,7 @@ class StreamingStats:
   Keeps n, s' = sum(x - c) and Q' = sum (x - c)(x - c)^T with a fixed shift c
   (the mean of the first batch), so memory is O(D^2) whatever N is, and the
   result does not depend on batch sizes or order beyond round-off
-  (spec fid.md §d.5).
+  (docs/method.md#fid-streaming).
 
   Attributes:
     name: what the rows are (a folder, a task), for messages.

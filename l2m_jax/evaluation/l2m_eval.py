@@ -1,7 +1,7 @@
 """The L2M-GAN evaluation protocol: FID per (source, target) domain pair.
 
-L2M-GAN `metrics/eval.py` `calculate_metrics` (mode 'reference'), spec
-`l2m_gan.md` §f.1 and `fid.md` §c.1:
+rucmlcv/L2M-GAN `metrics/eval.py` `calculate_metrics` (mode 'reference');
+docs/method.md#l2m-evaluation and docs/method.md#fid-protocols:
 
 1. Domains are the sorted sub-folders of `val_dir`.
 2. For every target domain t and every other domain o, all validation images

@@ -4,9 +4,10 @@ L2M-GAN (Yang et al., "L2M-GAN: Learning to Manipulate Latent Space Semantics
 for Facial Attribute Editing", CVPR 2021) inherits from StarGAN v2 (Choi et
 al., CVPR 2020) a frozen FAN landmark network, `nets.fan` (original file
 `core/wing.py`), whose heatmaps are turned into two soft masks M_1 / M_2 that
-gate the generator's high-pass skip connections. Spec:
-`shared/spec/l2m_gan.md` §b.5 (architecture, `get_heatmap`), §c.4 / Appendix
-A.3 (parameters), §d (numerics).
+gate the generator's high-pass skip connections. See
+docs/method.md#l2m-fan-masks (architecture, `get_heatmap`),
+docs/architecture.md#ckpt-nets-ema (parameters), docs/method.md#l2m-numerics
+(numerics).
 
 Parameter mapping (PyTorch state_dict key -> Flax path; `converter` =
 `l2m_jax.convert.fan`). Every `.` becomes `/`; Conv2d `weight` -> `kernel`
@@ -32,7 +33,7 @@ The CoordConv coordinate channels (xx = row, yy = column, both mapped to
 computed here, on a 256x256 grid for `conv1` and a 64x64 grid for
 `m0/coordconv`.
 
-Numerics (spec §d):
+Numerics (docs/method.md#l2m-numerics):
 
 * All convolutions use explicit zero padding: (3, 3) for the 7x7 stride-2
   `conv1` ('SAME' would pad (2, 3) and shift the output by half a pixel),
@@ -77,8 +78,9 @@ FAN_SIZE = 256  # the FAN's input resolution
 HEATMAP_SIZE = 64  # the FAN's output resolution
 MASK_SIZE = 256  # resolution of M_1 / M_2
 BN_EPS = 1e-5
-TRUNCATE = 0.1  # heatmap values below this are zeroed (§b.5.4a)
-NORM_EPS = 1e-6  # min-max denominator epsilon (§b.5.4b)
+# heatmap values below this are zeroed (docs/method.md#l2m-fan-masks)
+TRUNCATE = 0.1
+NORM_EPS = 1e-6  # min-max denominator epsilon (docs/method.md#l2m-fan-masks)
 
 
 def coord_channels(height: int, width: int, with_r: bool = True
@@ -309,7 +311,7 @@ def resize_bilinear(x, size: int, align_corners: bool):
 
 
 # ---------------------------------------------------------------------------
-# Mask post-processing (spec §b.5 step 4)
+# Mask post-processing (docs/method.md#l2m-fan-masks step 4)
 # ---------------------------------------------------------------------------
 
 # Per-part ops (channel ranges half-open): (first, last + 1, row roll, power).
@@ -389,7 +391,8 @@ def landmark_heatmaps(fan_variables: Mapping[str, Any], x,
 
 
 def get_masks(fan_variables: Mapping[str, Any], x, dtype: Any = jnp.float32):
-  """The complete `get_heatmap` of spec §b.5: images -> (M_1, M_2).
+  """The complete `get_heatmap` of docs/method.md#l2m-fan-masks: images -> (M_1,
+  M_2).
 
   Args:
     fan_variables: {'params', 'batch_stats'} of `FAN`.

@@ -1,7 +1,7 @@
 """InceptionV3 pool-3 feature extractor (2048-d), for FID.
 
 Szegedy et al., "Rethinking the Inception Architecture for Computer Vision",
-CVPR 2016. Two variants of one trunk (spec fid.md §a):
+CVPR 2016. Two variants of one trunk (docs/method.md#fid-inception):
 
 * `variant='torchvision'`: torchvision's ImageNet `inception_v3`
   (`torchvision/models/inception.py`: `Inception3`, `BasicConv2d`,
@@ -57,7 +57,7 @@ class BasicConv2d(nn.Module):
 
   def setup(self):
     # Explicit padding pairs: 'SAME' differs from PyTorch's p0 on the
-    # stride-2 layers (spec fid.md §f.6).
+    # stride-2 layers (docs/method.md#fid-inception).
     self.conv = nn.Conv(self.features, tuple(self.kernel_size),
                         strides=tuple(self.strides),
                         padding=_pairs(self.padding), use_bias=False,
@@ -232,7 +232,7 @@ class InceptionV3(nn.Module):
     variant: 'torchvision' (ImageNet weights, pools count padding) or 'fid'
       (pytorch-fid weights, pools exclude padding, max-pool in Mixed_7c).
     precision: precision of every convolution. HIGHEST by default, so GPUs do
-      not use TF32 (spec fid.md §f.17).
+      not use TF32 (docs/method.md#fid-inception).
     dtype: computation dtype.
   """
   variant: str = 'torchvision'

@@ -2,14 +2,15 @@
 
 G. Yang et al., "L2M-GAN: Learning to Manipulate Latent Space Semantics for
 Facial Attribute Editing", CVPR 2021. Mirrors `StyleEncoder` of the authors'
-`core/model.py` as described in `shared/spec/l2m_gan.md` §a.3, §b.3:
+`core/model.py` as described in docs/method.md#l2m-style-codes,
+docs/method.md#l2m-style-encoder:
 
   s  = E_y(x)           (`unshared[y]` head on the shared trunk)
   s1 = P(s)             attribute-irrelevant code (`transform1`)
   s2 = s - s1           attribute-relevant code
   s3 = T_{y1}(s2)       transformed relevant code (`transform2[y1]`)
 
-and the edit of spec §a.4 uses s_hat = s + degree * (s3 - s2).
+and the edit of docs/method.md#l2m-edit uses s_hat = s + degree * (s3 - s2).
 
 Parameter names (NHWC; the converter transposes conv/Linear weights):
 
@@ -146,7 +147,8 @@ class MLP3(nn.Module):
 
 
 class StyleEncoder(nn.Module):
-  """L2M style encoder E(x, y, y1) -> (s, s1, s2, s3) (spec §b.3)."""
+  """L2M style encoder E(x, y, y1) -> (s, s1, s2, s3)
+  (docs/method.md#l2m-style-encoder)."""
   img_size: int = 256
   style_dim: int = 64
   num_domains: int = 2

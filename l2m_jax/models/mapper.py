@@ -1,14 +1,15 @@
 """Latent-To-Latent mapper (Khodadadeh et al., WACV 2022) in Flax linen.
 
-One module family covers the two forms of ../shared/spec/latent_to_latent.md:
+One module family covers the two forms of docs/method.md#l2l:
 
-* legacy (§a.2, §b): the unofficial checkpoints' layout and function. W+
+* legacy (docs/method.md#l2l-mapper): the unofficial checkpoints' layout and
+function. W+
   rows split into coarse [0, 4), medium [4, 8) and fine [8, n_latent); each
   group has its own 3-layer MLP of EqualLinear(512 -> 512, lr_mul 0.01) with
   tanh, tanh, none (no PixelNorm), shared over the group's rows. The edit is
   `w' = 0.7 w + 0.3 M(w + k d)` with `d` the InterFaceGAN normal of one
   attribute and `k` the strength (2 in the unofficial code).
-* paper (§a.1, §a.3, §i.3-4): multi-attribute conditioning on a vector of
+* paper (docs/method.md#l2l-mapper): multi-attribute conditioning on a vector of
   desired attribute changes `delta` [B, A]. Each group has an extra
   `cond` EqualLinear(A -> 512, lr_mul 0.01, no bias, zero-initialised) added to
   its first layer's pre-activation (a split projection, so legacy weights keep

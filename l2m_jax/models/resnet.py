@@ -3,7 +3,8 @@
 K. He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, as
 implemented by torchvision `models/resnet.py` (`resnet18`). L2M-GAN keeps
 `nn.Sequential(*list(resnet18.children())[:-1])` (everything but `fc`) under
-the name `vgg` in `nets_ema` (spec `l2m_gan.md` §b.6, §c.5). Eval mode only:
+the name `vgg` in `nets_ema` (docs/method.md#l2m-resnet18,
+docs/architecture.md#ckpt-nets-ema). Eval mode only:
 BatchNorm uses the running statistics (eps 1e-5).
 
 Input: [N, H, W, 3] already normalised as the caller wants (the official

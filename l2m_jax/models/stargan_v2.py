@@ -4,7 +4,9 @@ Y. Choi et al., "StarGAN v2: Diverse Image Synthesis for Multiple Domains",
 CVPR 2020, and G. Yang et al., "L2M-GAN: Learning to Manipulate Latent Space
 Semantics for Facial Attribute Editing", CVPR 2021. Mirrors the authors'
 `core/model.py` (`ResBlk`, `AdaIN`, `AdainResBlk`, `HighPass`, `Generator`,
-`Discriminator`) as described in `shared/spec/l2m_gan.md` §b.1, §b.2, §b.4, §d.
+`Discriminator`) as described in docs/method.md#l2m-blocks,
+docs/method.md#l2m-generator, docs/method.md#l2m-discriminator,
+docs/method.md#l2m-numerics.
 
 Layout is NHWC. Parameter names follow the PyTorch modules; lists become
 `<name>_<index>` and Sequential indices are kept:
@@ -74,7 +76,8 @@ def resize_bilinear_half_pixel(x: jax.Array, out_h: int, out_w: int
   """Bilinear resize with align_corners=False and no antialiasing.
 
   Matches `torch.nn.functional.interpolate(mode='bilinear',
-  align_corners=False)` (spec §d): source coordinate (d + 0.5) * in / out -
+  align_corners=False)` (docs/method.md#l2m-numerics): source coordinate (d +
+  0.5) * in / out -
   0.5, clamped below at 0, interpolating between floor and floor + 1 (clamped
   to in - 1). `jax.image.resize` antialiases when downsampling and differs.
 
@@ -260,7 +263,8 @@ def _num_stages(img_size: int, extra: int) -> int:
 
 
 class Generator(nn.Module):
-  """L2M-GAN / StarGAN v2 generator G(x, s, masks) (spec §b.2).
+  """L2M-GAN / StarGAN v2 generator G(x, s, masks)
+  (docs/method.md#l2m-generator).
 
   Attributes:
     img_size: input/output resolution (power of 2).
@@ -392,7 +396,8 @@ def run_trunk(parent: nn.Module, prefix: str, repeat_num: int,
 
 
 class Discriminator(nn.Module):
-  """StarGAN v2 multi-head discriminator D_y(x) (spec §b.4).
+  """StarGAN v2 multi-head discriminator D_y(x)
+  (docs/method.md#l2m-discriminator).
 
   Paths: `main_0` conv, `main_1..R` ResBlk, `main_{R+2}` conv 4x4,
   `main_{R+4}` conv 1x1 -> num_domains (R = log2(img_size) - 2).

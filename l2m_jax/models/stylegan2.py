@@ -4,7 +4,7 @@ Karras et al., "Analyzing and Improving the Image Quality of StyleGAN" (CVPR
 2020): mapping network (Sec. 2 / Fig. 2b), weight modulation and demodulation
 (Eq. 1-3), skip generator with ToRGB outputs (Fig. 7). The parameter layout and
 numerics follow stylegan2-pytorch `model.py` as specified in
-../shared/spec/latent_to_latent.md §d; checkpoints convert with
+docs/method.md#stylegan2; checkpoints convert with
 `l2m_jax.convert.stylegan2`.
 
 Module names (setup attributes) mirror the PyTorch names:
@@ -75,7 +75,8 @@ def upfirdn2d(x: jax.Array, kernel: np.ndarray, up: int = 1, down: int = 1,
               pad: tuple[int, int] = (0, 0)) -> jax.Array:
   """upfirdn2d on NHWC: zero-insert `up`, pad/crop, true convolution, subsample.
 
-  Same semantics as the CUDA op (spec §d.1): `up - 1` zeros after every
+  Same semantics as the CUDA op (docs/method.md#stylegan2): `up - 1` zeros after
+  every
   sample, then pad p0 before and p1 after on both spatial axes (negative
   crops), then a depthwise convolution with the flipped kernel (VALID), then
   every `down`-th sample. Output size `(H*up + p0 + p1 - kh) // down + 1`.
@@ -94,7 +95,7 @@ def upfirdn2d(x: jax.Array, kernel: np.ndarray, up: int = 1, down: int = 1,
 
 
 class EqualLinear(nn.Module):
-  """Linear layer with equalized learning rate (spec §b.1).
+  """Linear layer with equalized learning rate (docs/method.md#equal-linear).
 
   `weight` is stored (in, out) raw (init N(0, 1) / lr_mul); the forward uses
   `x @ (weight * lr_mul / sqrt(in)) + bias * lr_mul`, optionally followed by
