@@ -1,7 +1,7 @@
 """A preservation network for the generated faces, and its loss.
 
 L2M-GAN's preservation term compares the source and the edited image in the
-feature space of a frozen network: an identity network (ArcFace, spec'd but
+feature space of a frozen network: an identity network (ArcFace, described but
 not released) or the ImageNet ResNet-18 kept in the checkpoint as `vgg`
 (`l2m_jax.models.resnet`; the runnable reference compares its outputs with
 an L1 loss). For the generated faces of `l2m_jax.datasets.synthetic_faces`
