@@ -259,10 +259,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         f'{f(t and t["images_per_s"], ".3f")} | '
         f'{f(t and j["images_per_s"] / t["images_per_s"], ".2f")} | '
         f'{f(j["step_s"] * 1e3, ".1f")} | {f(j["compile_s"], ".1f")} | '
-        f'{f(per_img(j["flops_per_step"], j) and per_img(j["flops_per_step"], j) / 1e9, ".1f")} | '
-        f'{f(t and per_img(t.get("counter_flops"), t) and per_img(t.get("counter_flops"), t) / 1e9, ".1f")} | '
-        f'{f(j["tflops"], ".3f")} | {f(j["mfu"] and 100 * j["mfu"], ".1f")}% | '
-        f'{f(t and t["mfu"] and 100 * t["mfu"], ".1f")}% | '
+        f'{f(per_img(j["flops_per_step"], j) and per_img(j["flops_per_step"], j) / 1e9, ".4g")} | '
+        f'{f(t and per_img(t.get("counter_flops"), t) and per_img(t.get("counter_flops"), t) / 1e9, ".4g")} | '
+        f'{f(j["tflops"], ".3g")} | {f(j["mfu"] and 100 * j["mfu"], ".3g")}% | '
+        f'{f(t and t["mfu"] and 100 * t["mfu"], ".3g")}% | '
         f'{f(j.get("xla_memory_bytes") and j["xla_memory_bytes"] / 2**20, ".0f")} | '
         f'{mib(j)} | {mib(t)} |')
   return '\n'.join(out)

@@ -28,7 +28,7 @@ PY=${PYTHON:-python3}
 if [[ "${L2M_BENCH_TINY:-0}" == 1 ]]; then
   TRAIN=(--tiny --sizes 32 --batches 2 --dtypes float32 --steps 1 --warmup 1
          --count-torch-flops)
-  EDIT=(--tiny --batch-sizes 1 2 --dtypes float32 bfloat16 --repeats 1)
+  EDIT=(--tiny --batch-sizes 2 --dtypes float32 bfloat16 --repeats 1)
   FID=(--tiny --batch-size 2 --iters 1 --dtypes float32 bfloat16)
   LIMITS=(900 300 300)
 else

@@ -30,4 +30,6 @@ def env_without_data_stack(tmp: pathlib.Path) -> dict[str, str]:
       [str(blocker), str(conftest.REPO_ROOT)] +
       ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
   env.pop('XLA_FLAGS', None)
+  # Test speed only: XLA skips its slow optimisation passes.
+  env['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '1'
   return env
