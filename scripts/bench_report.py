@@ -27,7 +27,7 @@ def main(argv=None) -> int:
   except (OSError, ValueError) as e:
     print(f'error: {argv[0]}: {e}', file=sys.stderr)
     return 2
-  for env in data.get('environments', [data.get('environment', {})]):
+  for env in data.get('environments', []):
     print('environment: ' + ', '.join(f'{k}={v}' for k, v in env.items()))
   rows = data.get('rows', [])
   print(bench_util.format_table(rows))

@@ -196,15 +196,21 @@ def environment() -> dict[str, Any]:
 
 
 def write_json(path: str | None, rows: list[dict[str, Any]]) -> None:
-  """Writes (or extends) a JSON file {'environment', 'rows'}."""
+  """Writes (or extends) a JSON file {'environments', 'rows'}."""
   if not path:
     return
-  data = {'environment': environment(), 'rows': []}
+  env = environment()
+  data = {'rows': [], 'environments': []}
   if os.path.exists(path):
     with open(path) as f:
       data = json.load(f)
+  for r in rows:  # the load while each row was measured
+    r.setdefault('load_average', env.get('load_average'))
   data['rows'].extend(rows)
-  data.setdefault('environments', []).append(environment())
+  same = lambda e: {k: v for k, v in e.items()
+                    if k not in ('date', 'load_average')}
+  if not any(same(e) == same(env) for e in data['environments']):
+    data['environments'].append(env)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(data, f, indent=1)

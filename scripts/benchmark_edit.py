@@ -155,6 +155,7 @@ def main(argv=None) -> int:
           peak_kind='device (process)' if peak else 'rss (process)',
           xla_memory_bytes=bench_util.xla_memory_bytes(exe),
           w_hpf=args.w_hpf))
+      bench_util.write_json(args.json, rows[-1:])
       line = f'{dtype} batch {bs}: jax {bs / t_jax:.3f} img/s'
       if not args.skip_torch:
         xt = lc.nhwc_to_torch(x).to(tdev)
@@ -188,10 +189,10 @@ def main(argv=None) -> int:
             counter_flops=bench_util.torch_flops(torch_fn),
             flops_source='xla (JAX program of the same edit)',
             w_hpf=args.w_hpf))
+        bench_util.write_json(args.json, rows[-1:])
         line += f', torch {bs / t_torch:.3f} img/s'
       print(line, flush=True)
 
-  bench_util.write_json(args.json, rows)
   print()
   print(bench_util.format_table(rows))
   return 0

@@ -180,6 +180,7 @@ def main(argv=None):
         xla_memory_bytes=bench_util.xla_memory_bytes(exe),
         precision=args.precision if not bf16 else 'bf16',
         variant=args.variant, max_abs_feature_diff=err))
+    bench_util.write_json(args.json, rows[-1:])
     print(f'{dtype}, variant {args.variant}, batch {bs}, {side}x{side}, '
           f'precision {args.precision}, {args.iters} timed iterations')
     print(f'jax:   {bs / tj:8.2f} images/s  ({tj * 1e3:.0f} ms/batch; '
@@ -199,9 +200,9 @@ def main(argv=None):
           flops_source='xla (JAX program of the same batch)',
           precision=args.precision if not bf16 else 'bf16',
           variant=args.variant))
+      bench_util.write_json(args.json, rows[-1:])
       print(f'torch: {bs / tt:8.2f} images/s  ({tt * 1e3:.0f} ms/batch)')
       print(f'ratio jax/torch: {tt / tj:.2f}x; max |feature diff| {err:.2e}')
-  bench_util.write_json(args.json, rows)
   print()
   print(bench_util.format_table(rows))
   return 0

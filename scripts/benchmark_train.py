@@ -376,9 +376,12 @@ def main(argv=None):
       cmd += ['--count-torch-flops'] if args.count_torch_flops else []
       if args.peak_tflops:
         cmd += ['--peak-tflops', str(args.peak_tflops)]
-      rows += bench_util.run_child(cmd, f'{fw} train benchmark at {size} px')
-  rows = _charge_torch(rows)
-  bench_util.write_json(args.json, rows)
+      got = bench_util.run_child(cmd, f'{fw} train benchmark at {size} px')
+      rows += got
+      # Written as each child finishes: a later stage that runs out of
+      # time keeps what was measured.
+      _charge_torch(rows)
+      bench_util.write_json(args.json, got)
   print()
   print(bench_util.format_table(rows))
   return 0
