@@ -10,9 +10,11 @@ Values are the defaults of the released L2M-GAN main script
 Small variants take a string argument, e.g. `configs/l2m_celebahq.py:res=128`
 or `:res=256,attr=smiling` (attr only sets `config.attribute`, a label used in
 logs; the domains are the folders under data_dir/train).
-"""
 
-import ml_collections
+`get_config(arg, container=PlainConfig)` (l2m_jax/plain_config.py) builds the
+same fields without ml_collections, for the train step and the benchmarks on
+machines that lack it.
+"""
 
 
 def _parse_arg(arg: str) -> dict[str, str]:
@@ -28,10 +30,19 @@ def _parse_arg(arg: str) -> dict[str, str]:
   return out
 
 
-def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  """The paper configuration; `arg` may set res=<int> and attr=<name>."""
+def get_config(arg: str = '', container=None):
+  """The paper configuration; `arg` may set res=<int> and attr=<name>.
+
+  Args:
+    arg: 'res=<int>,attr=<name>' (both optional).
+    container: a class whose instances take the fields as attributes;
+      `ml_collections.ConfigDict` (the training loop's) when None.
+  """
   args = _parse_arg(arg)
-  c = ml_collections.ConfigDict()
+  if container is None:
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    container = ml_collections.ConfigDict
+  c = container()
 
   # --- experiment ---
   c.attribute = args.get('attr', 'smiling')  # label for logs only (original: Smiling model, folders sad/smile)
@@ -47,6 +58,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.flip_prob = 0.5  # horizontal-flip probability (original RandomHorizontalFlip 0.5)
   c.shuffle_buffer = 4096  # tf.data shuffle buffer, images (original: full shuffle by the sampler)
   c.prefetch = 2  # batches prefetched by tf.data (original DataLoader num_workers 4)
+  c.device_prefetch = 2  # batches copied to the devices ahead of the step (0 = none)
   c.check_files = True  # decode every image once before training and fail listing bad files
 
   # --- model (docs/method.md#l2m-networks; L2MModelConfig) ---
@@ -90,6 +102,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   # --- parallelism ---
   c.parallel = 'shard_map'  # 'shard_map' (jit + shard_map) or 'pmap'
+  c.compilation_cache_dir = 'xla_cache'  # persistent XLA cache, relative to the workdir or absolute ('' = off)
 
   # --- logging, sampling, checkpoints, evaluation ---
   c.log_every = 10  # scalar-metric interval, steps (original print_every 10)

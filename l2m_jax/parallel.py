@@ -27,8 +27,10 @@ it, in the same order.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
+import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -219,6 +221,59 @@ def map_batches(fn: Callable[..., Any], data: Any, *, batch_size: int,
   if pending is not None:
     collect(pending)
   return jax.tree.map(lambda *ys: np.concatenate(ys, axis=0), *outs)
+
+
+def prefetch(iterator: Any, put: Callable[[Any], Any], size: int = 2
+             ) -> Any:
+  """Yields put(item) for each item, with `size` items placed ahead.
+
+  `put` (e.g. `CompiledStep.put_batch`) starts an asynchronous host-to-device
+  copy; keeping `size` placed batches queued lets the copies of the next
+  batches run while the current step computes, so the step never waits for
+  its input (the device prefetch queue of the train loop). size 0 places
+  each item only when it is asked for.
+  """
+  if size < 0:
+    raise ValueError(f'prefetch size={size}: must be >= 0')
+  queue = collections.deque()
+  iterator = iter(iterator)
+
+  def fill(n):
+    for item in itertools.islice(iterator, n):
+      queue.append(put(item))
+
+  fill(size)
+  while True:
+    if not queue:
+      fill(1)
+      if not queue:
+        return
+    item = queue.popleft()
+    fill(1 if size else 0)
+    yield item
+
+
+def enable_compilation_cache(path: str, min_compile_secs: float = 1.0
+                             ) -> str:
+  """Turns on JAX's persistent compilation cache in `path`, if none is set.
+
+  Compiled programs that took at least `min_compile_secs` to compile are
+  written there and loaded by later runs instead of compiling again (the
+  train step of a restarted run). A cache directory configured before
+  (JAX_COMPILATION_CACHE_DIR, or an earlier call) is kept: JAX reads the
+  setting once per process.
+
+  Returns:
+    The cache directory in use.
+  """
+  current = jax.config.jax_compilation_cache_dir
+  if current:
+    return current
+  os.makedirs(path, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                    float(min_compile_secs))
+  return path
 
 
 # ---------------------------------------------------------------------------
@@ -467,7 +522,8 @@ class CompiledStep:
     fn: (state, batch, *args) -> (state, metrics), in this mode's layout.
     put_state: replicated (global or host) state -> this mode's layout.
     put_batch: process-local numpy batch (pytree) -> this mode's layout.
-    put_args: replicated extra arguments (frozen params) -> this layout.
+    put_args: replicated extra arguments (frozen params) -> this layout,
+      one copy per device, placed once (pass the result to every call).
     get_state: this mode's state -> global arrays replicated over the mesh
       (the layout saved by checkpoints, independent of the mode).
     get_metrics: this mode's metrics -> numpy scalars on the host.
@@ -550,8 +606,11 @@ def compile_step(step_fn: Callable[..., Any], mesh: jax.sharding.Mesh,
   n_local = len(local)
   local_mesh = jax.sharding.Mesh(np.asarray(local), (DATA_AXIS,))
   stacked = NamedSharding(local_mesh, P(DATA_AXIS))
+  # The extra arguments (frozen networks) are placed once, one copy per
+  # local device, like the state (in_axes 0): with in_axes None pmap would
+  # copy them from one device to every device at every call.
   fn = jax.pmap(step_fn, axis_name=DATA_AXIS,
-                in_axes=(0, 0) + (None,) * num_args,
+                in_axes=(0, 0) + (0,) * num_args,
                 donate_argnums=donate, devices=all_devices)
 
   def put_state(tree):
@@ -578,6 +637,4 @@ def compile_step(step_fn: Callable[..., Any], mesh: jax.sharding.Mesh,
 
   return CompiledStep(
       mode=mode, mesh=mesh, fn=fn, put_state=put_state, put_batch=put_batch,
-      put_args=lambda tree: jax.device_put(
-          unreplicate_to_host(tree), local[0]),
-      get_state=get_state, get_metrics=get_metrics)
+      put_args=put_state, get_state=get_state, get_metrics=get_metrics)

@@ -35,24 +35,19 @@ import os
 import pathlib
 import signal
 import time
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from absl import logging
-from clu import metric_writers
-from clu import parameter_overview
-from clu import periodic_actions
 import flax
 from flax import struct
 from flax.training import train_state as flax_train_state
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from l2m_jax import checkpointing
 from l2m_jax import image_io
-from l2m_jax import input_pipeline
 from l2m_jax import losses
 from l2m_jax import parallel
 from l2m_jax.convert import torch_to_flax as t2f
@@ -61,6 +56,9 @@ from l2m_jax.models import l2m as l2m_models
 from l2m_jax.models import landmarks as landmarks_lib
 from l2m_jax.models import preservation as preservation_lib
 from l2m_jax.models import resnet
+
+if TYPE_CHECKING:  # annotations only: the step needs no ml_collections
+  import ml_collections  # pylint: disable=g-bad-import-order
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 EXPORT_FORMAT = 'l2m_gan'
@@ -688,6 +686,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if parallel.is_main_process():
     pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
   parallel.sync('workdir')
+  if config.get('compilation_cache_dir'):
+    # Restarts (resume, preemption) load the compiled step from here.
+    used = parallel.enable_compilation_cache(
+        os.path.join(workdir, config.compilation_cache_dir))
+    logging.info('Persistent compilation cache: %s', used)
   # SIGTERM is caught from here on (the loop decides when to stop).
   with checkpointing.WorkdirLock(workdir), _Preemption() as preempt:
     return _train_and_evaluate(config, workdir, preempt, hooks)
@@ -695,6 +698,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _train_and_evaluate(config, workdir, preempt, hooks=()):
   """train_and_evaluate with the workdir locked."""
+  # The input pipeline (tensorflow, tfds) and the logging (clu) are needed
+  # by the loop only: the step, the models and the editor import without
+  # them (tests/test_imports.py).
+  from l2m_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   domain_names = input_pipeline.check_layout(
       config.data_dir, config.train_split, config.val_split,
       num_domains=int(config.num_domains))
@@ -738,6 +745,10 @@ def _train_and_evaluate(config, workdir, preempt, hooks=()):
 def _loop(config, workdir, mngr, models, frozen, init_fn, mesh, meta_out,
           check_meta, preempt, extra_hooks=()):
   """Restore or init, then the train loop."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from clu import parameter_overview  # pylint: disable=g-import-not-at-top
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  from l2m_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   main = parallel.is_main_process()
   rep = parallel.replicated_sharding(mesh)
   state, meta = checkpointing.restore_or_init(
@@ -789,16 +800,19 @@ def _loop(config, workdir, mngr, models, frozen, init_fn, mesh, meta_out,
                parallel.unreplicate_to_host(st.ema), frozen_host,
                models.model_config, step, workdir)
 
-  extractor_cache = {}
-  batches = input_pipeline.train_iterator(config, start)
+  extractor_cache = {}  # the Inception extractor, built once per run
+  # Device prefetch: the next batches are copied while the step runs.
+  batches = parallel.prefetch(input_pipeline.train_iterator(config, start),
+                              compiled.put_batch,
+                              int(config.get('device_prefetch', 2)))
   dstate = compiled.put_state(state)
   step = start
   first = None
   if step < total:
-    first = compiled.put_batch(next(batches))
+    first = next(batches)
     compiled = compiled.compile_ahead(dstate, first, frozen_dev)
   while step < total:
-    batch = first if first is not None else compiled.put_batch(next(batches))
+    batch = first if first is not None else next(batches)
     first = None
     dstate, metrics = compiled(dstate, batch, frozen_dev)
     step += 1

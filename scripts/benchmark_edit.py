@@ -1,13 +1,17 @@
 """Edit throughput: the JAX editing pipelines vs the torch references.
 
-  python scripts/benchmark_edit.py --batch-sizes 1 8 32 --repeats 3 --w-hpf 1
+  python scripts/benchmark_edit.py --batch-sizes 1 32 128 \
+      --dtypes float32 bfloat16 --repeats 3 --w-hpf 1 --json edit.json
 
 L2M-GAN edit (images/s). Both sides use the same random weights (a random
 official-format checkpoint converted with l2m_jax.convert.l2m) at img_size
-256 and run on this machine's default device (CPU for torch here). Timed:
-style encoder, FAN masks (w_hpf > 0), generator, degree 1. The first
-(compiling / warm-up) call is excluded; the median of --repeats timed calls
-is reported.
+256 and run on each framework's default device (the first GPU when there is
+one). Timed: style encoder, FAN masks (w_hpf > 0), generator, degree 1;
+JAX `editing.edit` compiled ahead (compile time reported), torch under
+no_grad (bfloat16: torch.autocast; cudnn.benchmark on a GPU). The warm-up
+call is excluded; the median of --repeats timed calls is reported, with
+XLA's FLOPs of the compiled edit, TFLOP/s and MFU (scripts/bench_util.py).
+`--tiny` runs the same code at 32 px with narrow networks (test size).
 
   python scripts/benchmark_edit.py --faces --weights mobilenet0.25_Final.pth \
       --photos photos/ --repeats 3 --batch-sizes 1 4
@@ -28,23 +32,33 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_util
 
 import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
 import statistics  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tempfile  # pylint: disable=g-import-not-at-top,wrong-import-position
 import time  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import bench_util  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8, 32])
+  p.add_argument('--dtypes', nargs='+', default=['float32'],
+                 choices=('float32', 'bfloat16'),
+                 help='compute dtypes (torch: autocast for bfloat16)')
   p.add_argument('--repeats', type=int, default=3,
                  help='timed calls per batch size (median reported)')
   p.add_argument('--w-hpf', type=int, default=1, choices=(0, 1),
                  help='1: official masked model (FAN included); 0: no masks')
   p.add_argument('--img-size', type=int, default=256)
   p.add_argument('--max-conv-dim', type=int, default=512)
+  p.add_argument('--tiny', action='store_true',
+                 help='32 px, base_dim 8, cap 16, no masks: test size')
   p.add_argument('--skip-torch', action='store_true')
+  p.add_argument('--peak-tflops', type=float, default=None,
+                 help='peak TFLOP/s for MFU (default: stated per device)')
+  p.add_argument('--json', default=None, help='append the rows to this JSON')
   p.add_argument('--faces', action='store_true',
                  help='benchmark the photo pipeline (detect, align, paste '
                  'back) instead of the L2M-GAN edit')
@@ -58,7 +72,10 @@ def parse_args(argv=None):
                  help='--faces: instead, paste each photo at 0.35 scale, '
                  'rotated 15 degrees, off-centre into a size x size '
                  'background (an ordinary photo: a small, tilted face)')
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.tiny:
+    args.img_size, args.max_conv_dim, args.w_hpf = 32, 16, 0
+  return args
 
 
 def _time(fn, repeats):
@@ -78,7 +95,9 @@ def main(argv=None) -> int:
     return 2
   if args.faces:
     return _benchmark_faces(args)
+  import contextlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from l2m_jax import editing  # pylint: disable=g-import-not-at-top
@@ -86,49 +105,96 @@ def main(argv=None) -> int:
   from l2m_jax.models import l2m  # pylint: disable=g-import-not-at-top
   from tests import l2m_checkpoints as lc  # pylint: disable=g-import-not-at-top
 
-  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind} '
-        f'({jax.default_backend()}); torch {torch.__version__} on CPU with '
-        f'{torch.get_num_threads()} threads', flush=True)
+  tdev = 'cuda' if torch.cuda.is_available() else 'cpu'
+  if tdev == 'cuda':
+    torch.backends.cudnn.benchmark = True
+  jdev = jax.devices()[0]
+  tkind = torch.cuda.get_device_name(0) if tdev == 'cuda' else 'cpu'
+  print(f'jax {jax.__version__} on {jdev.device_kind} '
+        f'({jax.default_backend()}); torch {torch.__version__} on {tkind} '
+        f'({torch.get_num_threads()} threads)', flush=True)
+  base_dim = 8 if args.tiny else None
   nets = lc.build_torch_nets(img_size=args.img_size,
                              max_conv_dim=args.max_conv_dim, w_hpf=args.w_hpf,
-                             seed=0)
-  with tempfile.TemporaryDirectory() as d:
-    path = lc.save_checkpoint(nets, d)
-    variables, meta = l2m_convert.convert_checkpoint(path)
-  config = l2m.L2MModelConfig.from_dict(meta['config'])
+                             seed=0, base_dim=base_dim)
+  config = l2m.L2MModelConfig(
+      img_size=args.img_size, style_dim=64, num_domains=2,
+      max_conv_dim=args.max_conv_dim, w_hpf=float(args.w_hpf),
+      base_dim=base_dim)
+  variables, _ = l2m_convert.convert_state_dicts(
+      nets.state_dicts(), 'benchmark nets', config=config)
   variables = jax.device_put(variables)
+  for name in ('generator', 'style_encoder', 'fan'):
+    if getattr(nets, name) is not None:
+      setattr(nets, name, getattr(nets, name).to(tdev))
   print(f'config {config.to_dict()}', flush=True)
 
   rows = []
-  for bs in args.batch_sizes:
-    x = lc.sample_images(bs, args.img_size, seed=bs)
-    y = np.zeros((bs,), np.int32)
-    y1 = np.ones((bs,), np.int32)
+  for dtype in args.dtypes:
+    jdtype = jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32
+    for bs in args.batch_sizes:
+      x = lc.sample_images(bs, args.img_size, seed=bs)
+      y = np.zeros((bs,), np.int32)
+      y1 = np.ones((bs,), np.int32)
+      xj, yj, y1j = jax.device_put((x, y, y1))
+      t0 = time.perf_counter()
+      exe = editing.edit.lower(variables, xj, yj, y1j, 1.0, config=config,
+                               dtype=jdtype).compile()
+      compile_s = time.perf_counter() - t0
+      jax_fn = lambda: exe(variables, xj, yj, y1j, 1.0).block_until_ready()
+      t_jax = _time(jax_fn, args.repeats)
+      flops = bench_util.xla_flops(exe)
+      peak = bench_util.jax_peak_bytes()
+      rows.append(bench_util.row(
+          'edit', 'jax', dtype=dtype, batch=bs, size=args.img_size,
+          step_s=t_jax, compile_s=compile_s, flops=flops,
+          peak=bench_util.peak_tflops(jdev.platform, jdev.device_kind, dtype,
+                                      args.peak_tflops),
+          device=jdev.device_kind,
+          peak_bytes=peak or bench_util.rss_peak_bytes(),
+          peak_kind='device (process)' if peak else 'rss (process)',
+          xla_memory_bytes=bench_util.xla_memory_bytes(exe),
+          w_hpf=args.w_hpf))
+      bench_util.write_json(args.json, rows[-1:])
+      line = f'{dtype} batch {bs}: jax {bs / t_jax:.3f} img/s'
+      if not args.skip_torch:
+        xt = lc.nhwc_to_torch(x).to(tdev)
+        yt, y1t = torch.from_numpy(y).to(tdev), torch.from_numpy(y1).to(tdev)
+        amp = ((lambda: torch.autocast(tdev, dtype=torch.bfloat16))
+               if dtype == 'bfloat16' else contextlib.nullcontext)
+        sync = torch.cuda.synchronize if tdev == 'cuda' else (lambda: None)
 
-    def jax_fn():
-      editing.edit(variables, x, y, y1, 1.0, config=config).block_until_ready()
+        def torch_fn():
+          with torch.no_grad(), amp():
+            masks = nets.fan.get_heatmap(xt) if args.w_hpf > 0 else None
+            s, _, s2, s3 = nets.style_encoder(xt, yt, y1t)
+            out = nets.generator(xt, s + (s3 - s2), masks)
+          sync()
+          return out
 
-    t_jax = _time(jax_fn, args.repeats)
-    t_torch = float('nan')
-    if not args.skip_torch:
-      xt, yt, y1t = lc.nhwc_to_torch(x), torch.from_numpy(y), torch.from_numpy(
-          y1)
+        if tdev == 'cuda':
+          torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        torch_fn()
+        warm_s = time.perf_counter() - t0
+        t_torch = _time(torch_fn, args.repeats)
+        tpeak = torch.cuda.max_memory_allocated() if tdev == 'cuda' else None
+        t_flops = flops
+        rows.append(bench_util.row(
+            'edit', 'torch', dtype=dtype, batch=bs, size=args.img_size,
+            step_s=t_torch, compile_s=warm_s, flops=t_flops,
+            peak=bench_util.peak_tflops(tdev, tkind, dtype, args.peak_tflops),
+            device=tkind, peak_bytes=tpeak or bench_util.rss_peak_bytes(),
+            peak_kind='device' if tpeak else 'rss (process)',
+            counter_flops=bench_util.torch_flops(torch_fn),
+            flops_source='xla (JAX program of the same edit)',
+            w_hpf=args.w_hpf))
+        bench_util.write_json(args.json, rows[-1:])
+        line += f', torch {bs / t_torch:.3f} img/s'
+      print(line, flush=True)
 
-      def torch_fn():
-        with torch.no_grad():
-          masks = nets.fan.get_heatmap(xt) if args.w_hpf > 0 else None
-          s, _, s2, s3 = nets.style_encoder(xt, yt, y1t)
-          nets.generator(xt, s + (s3 - s2), masks)
-
-      t_torch = _time(torch_fn, args.repeats)
-    rows.append((bs, bs / t_jax, bs / t_torch))
-    print(f'batch {bs}: jax {bs / t_jax:.3f} img/s, torch '
-          f'{bs / t_torch:.3f} img/s', flush=True)
-
-  print('\n| batch | JAX img/s | torch img/s | JAX / torch |')
-  print('| --- | --- | --- | --- |')
-  for bs, j, t in rows:
-    print(f'| {bs} | {j:.3f} | {t:.3f} | {j / t:.2f} |')
+  print()
+  print(bench_util.format_table(rows))
   return 0
 
 

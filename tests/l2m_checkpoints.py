@@ -78,11 +78,17 @@ def build_torch_nets(img_size: int = 256, style_dim: int = 64,
                      num_domains: int = 2, max_conv_dim: int = 512,
                      w_hpf: int = 1, seed: int = 0, with_fan: bool | None = None,
                      with_vgg: bool = False,
-                     with_discriminator: bool = False) -> TorchNets:
-  """Seeded random reference networks (eval mode)."""
+                     with_discriminator: bool = False,
+                     base_dim: int | None = None) -> TorchNets:
+  """Seeded random reference networks (eval mode).
+
+  base_dim: first-conv width (None: the official 2**14 // img_size).
+  """
   torch.manual_seed(seed)
-  gen = l2m_torch.Generator(img_size, style_dim, max_conv_dim, w_hpf)
-  enc = l2m_torch.StyleEncoder(img_size, style_dim, num_domains, max_conv_dim)
+  kw = {'base_dim': base_dim} if base_dim else {}
+  gen = l2m_torch.Generator(img_size, style_dim, max_conv_dim, w_hpf, **kw)
+  enc = l2m_torch.StyleEncoder(img_size, style_dim, num_domains, max_conv_dim,
+                               **kw)
   nets = TorchNets(randomize_norms_(he_init_(gen, seed + 4), seed + 1),
                    he_init_(enc, seed + 5))
   if with_fan is None:
@@ -98,7 +104,8 @@ def build_torch_nets(img_size: int = 256, style_dim: int = 64,
         torch.nn.Sequential(*list(r.children())[:-1]), seed + 3)
   if with_discriminator:
     nets.discriminator = he_init_(
-        l2m_torch.Discriminator(img_size, num_domains, max_conv_dim), seed + 6)
+        l2m_torch.Discriminator(img_size, num_domains, max_conv_dim, **kw),
+        seed + 6)
   for name in ('generator', 'style_encoder', 'fan', 'vgg', 'discriminator'):
     m = getattr(nets, name)
     if m is not None:

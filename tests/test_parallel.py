@@ -7,6 +7,8 @@ reference is the same arithmetic on the whole batch in plain numpy-free jax
 without any device logic (one call, no mesh).
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,6 +102,27 @@ def test_pmap_and_shard_map_agree():
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), a, b)
 
 
+@pytest.mark.parametrize('mode', parallel.PARALLEL_MODES)
+def test_frozen_args_are_placed_once_per_device(mode):
+  # put_args puts one copy on every device of the mesh; a step on placed
+  # inputs then moves nothing between devices or from the host (pmap with
+  # in_axes None would copy the frozen tree from one device every call).
+  mesh = parallel.make_mesh(4)
+  c = parallel.compile_step(_step, mesh, mode, num_args=1)
+  frozen = c.put_args({'scale': np.float32(0.7)})
+  leaf = frozen['scale']
+  assert {s.device for s in leaf.addressable_shards} == set(
+      mesh.devices.flat)
+  state = c.put_state(_init())
+  batch = c.put_batch(_batches(1)[0])
+  state, _ = c(state, batch, frozen)  # compile outside the guard
+  jax.block_until_ready(state)
+  with jax.transfer_guard('disallow'):
+    for _ in range(2):
+      state, metrics = c(state, batch, frozen)
+    jax.block_until_ready((state, metrics))
+
+
 def test_state_layouts_round_trip():
   mesh = parallel.make_mesh(4)
   state = _init()
@@ -172,3 +195,54 @@ def test_single_process_collectives_are_identities():
   assert parallel.all_processes(True) and not parallel.all_processes(False)
   assert not parallel.reached_preemption_sync_point(3)
   parallel.sync('noop')
+
+
+def test_prefetch_places_items_ahead_in_order():
+  placed = []
+
+  def put(item):
+    placed.append(item)
+    return ('on device', item)
+
+  gen = parallel.prefetch(iter(range(5)), put, size=2)
+  assert placed == []  # nothing happens before the first item is asked for
+  assert next(gen) == ('on device', 0)
+  assert placed == [0, 1, 2]  # item 0 handed out, 1 and 2 already placed
+  assert [x for _, x in gen] == [1, 2, 3, 4]
+  assert placed == [0, 1, 2, 3, 4]
+  no_ahead = parallel.prefetch(iter(range(3)), put, size=0)
+  placed.clear()
+  assert next(no_ahead) == ('on device', 0) and placed == [0]
+  with pytest.raises(ValueError, match='size=-1'):
+    next(parallel.prefetch(iter(range(3)), put, size=-1))
+
+
+def test_compilation_cache_is_written_and_reused(tmp_path):
+  # In a fresh process (JAX reads the cache setting once): the first run
+  # compiles and writes the cache, the second loads it.
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests import conftest  # pylint: disable=g-import-not-at-top
+  script = (
+      'import sys, jax, jax.numpy as jnp\n'
+      'from jax._src import monitoring\n'
+      'from l2m_jax import parallel\n'
+      'hits = []\n'
+      'monitoring.register_event_listener(lambda e, **k: hits.append(e))\n'
+      'print(parallel.enable_compilation_cache(sys.argv[1], 0.0))\n'
+      'f = jax.jit(lambda x: jnp.sin(x) @ x.T + 1)\n'
+      'f(jnp.ones((64, 64))).block_until_ready()\n'
+      "print('HIT' if '/jax/compilation_cache/cache_hits' in hits else "
+      "'MISS')\n")
+  env = {k: v for k, v in os.environ.items()
+         if k != 'JAX_COMPILATION_CACHE_DIR'}
+  outs = []
+  for _ in range(2):
+    proc = subprocess.run([sys.executable, '-c', script, str(tmp_path / 'c')],
+                          cwd=conftest.REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outs.append(proc.stdout.split())
+  assert outs[0] == [str(tmp_path / 'c'), 'MISS'], outs
+  assert outs[1] == [str(tmp_path / 'c'), 'HIT'], outs
+  assert any((tmp_path / 'c').iterdir())

@@ -30,6 +30,14 @@ from l2m_jax import train_l2m
 from tests import conftest
 from tests.test_input_pipeline import make_folder
 
+# bfloat16 vs float32 compute of the tiny step over 3 steps: relative
+# difference of every logged loss, and relative L2 difference of the parameter
+# updates of each network. Set from bf16's 8-bit mantissa (about 0.4 % per
+# rounding, compounded over the depth), not yet from a measurement: the test
+# prints the measured values.
+BF16_LOSS_RTOL = 0.05
+BF16_UPDATE_RTOL = 0.1
+
 
 def test_optimizer_matches_torch_adam_with_coupled_weight_decay():
   config = tiny.get_config()
@@ -453,19 +461,84 @@ def test_discriminator_gradient_and_lazy_r1_match_torch(r1_every):
     assert worst <= 1e-4
 
 
-@pytest.mark.slow
-def test_bfloat16_steps_run_and_stay_finite():
+def _conv_and_dot_dtypes(lowered_text):
+  """Operand element types of every convolution and dot in StableHLO text."""
+  import re  # pylint: disable=g-import-not-at-top
+  found = {'conv': [], 'dot': []}
+  for line in lowered_text.splitlines():
+    kind = ('conv' if 'stablehlo.convolution' in line else
+            'dot' if 'stablehlo.dot_general' in line else None)
+    if kind:
+      sig = line.rsplit(':', 1)[-1]  # (tensor<...xbf16>, ...) -> tensor<...>
+      found[kind].append(re.findall(r'x(bf16|f32)>', sig.split('->')[0]))
+  return found
+
+
+def test_bfloat16_step_computes_in_bf16():
+  # Every convolution and matmul of the bf16 step (forward, backward, R1's
+  # double backprop, the ResNet-18 term) takes bf16 operands; parameters,
+  # optimiser state and EMA are float32. Lowering only (no compilation).
   config = tiny.get_config()
-  config.dtype = 'bfloat16'
-  state, metrics = _run_real(config, 'shard_map', 2, steps=3)
-  for k, v in metrics.items():
-    assert np.isfinite(v), (k, v)
-  leaves = jax.tree.leaves(state)
-  assert all(np.isfinite(x).all() for x in leaves
-             if np.issubdtype(x.dtype, np.floating))
-  # Parameters and optimiser state stay float32; only the compute is bf16.
-  assert state.generator.params['from_rgb']['kernel'].dtype == np.float32
-  assert 0.1 < metrics['d_loss'] < 10 and 0.1 < metrics['g_loss'] < 100
+  config.dtype, config.preservation = 'bfloat16', 'resnet18'
+  models = train_l2m.create_models(config)
+  step = functools.partial(train_l2m.train_step, models=models,
+                           config=config)
+  mesh = parallel.make_mesh(1)
+  init = jax.eval_shape(lambda: train_l2m.create_train_state(
+      config, models, jax.random.key(0)))
+  frozen = {'vgg': jax.eval_shape(
+      models.resnet.init, jax.random.key(1), jnp.zeros((1, 32, 32, 3)))}
+  batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                       _batch())
+  text = parallel.compile_step(step, mesh, num_args=1).fn.lower(
+      init, batch, frozen).as_text()
+  ops = _conv_and_dot_dtypes(text)
+  print({k: len(v) for k, v in ops.items()}, 'convolutions / dots')
+  assert len(ops['conv']) > 50 and ops['dot']
+  for kind, operands in ops.items():
+    assert all(set(o) == {'bf16'} for o in operands), (kind, operands)
+  floats = [leaf.dtype for leaf in jax.tree.leaves(init)
+            if jnp.issubdtype(leaf.dtype, jnp.floating)]
+  assert floats and set(floats) == {np.dtype(np.float32)}
+
+
+@pytest.mark.slow
+def test_bfloat16_step_tracks_float32():
+  # Same weights, same 3 batches, float32 vs bfloat16 compute. Adam eps 1
+  # keeps the updates linear in the gradient (see the device-count test), so
+  # the parameter changes compare the gradients themselves.
+  runs = {}
+  for dtype in ('float32', 'bfloat16'):
+    config = tiny.get_config()
+    config.adam_eps, config.lr, config.dtype = 1.0, 1e-2, dtype
+    runs[dtype] = _run_real(config, 'shard_map', 1, steps=3, history=True)
+  (s32, h32), (s16, h16) = runs['float32'], runs['bfloat16']
+  start = parallel.unreplicate_to_host(train_l2m.create_train_state(
+      tiny.get_config(), train_l2m.create_models(tiny.get_config()),
+      jax.random.key(0)))
+  # Parameters, optimiser state and EMA stay float32.
+  for leaf in jax.tree.leaves(s16):
+    if np.issubdtype(np.asarray(leaf).dtype, np.floating):
+      assert np.asarray(leaf).dtype == np.float32
+  worst_loss = 0.0
+  for m32, m16 in zip(h32, h16):
+    for k in m32:
+      scale = max(abs(float(m32[k])), 1e-3)
+      worst_loss = max(worst_loss, abs(float(m16[k]) - float(m32[k])) / scale)
+  worst_update = 0.0
+  for name in ('generator', 'style_encoder', 'discriminator'):
+    a = jax.tree.leaves(getattr(s32, name).params)
+    b = jax.tree.leaves(getattr(s16, name).params)
+    p0 = jax.tree.leaves(getattr(start, name).params)
+    d32 = np.concatenate([np.ravel(x - z) for x, z in zip(a, p0)])
+    d16 = np.concatenate([np.ravel(x - z) for x, z in zip(b, p0)])
+    worst_update = max(worst_update, float(
+        np.linalg.norm(d16 - d32) / np.linalg.norm(d32)))
+  print(f'bf16 vs f32 over 3 steps: worst relative loss difference '
+        f'{worst_loss:.2e}, worst relative update difference '
+        f'{worst_update:.2e}')
+  assert worst_loss <= BF16_LOSS_RTOL
+  assert worst_update <= BF16_UPDATE_RTOL
 
 
 # ---------------------------------------------------------------------------
@@ -480,7 +553,7 @@ def _batch(n=4, size=32, seed=0):
           'y_trg': np.array([1, 1, 0, 0][:n], np.int32)}
 
 
-def _run_real(config, mode, num_devices, steps=1):
+def _run_real(config, mode, num_devices, steps=1, history=False):
   models = train_l2m.create_models(config)
   mesh = parallel.make_mesh(num_devices)
   state = parallel.init_replicated(
@@ -490,11 +563,13 @@ def _run_real(config, mode, num_devices, steps=1):
   compiled = train_l2m.compile_train_step(config, models, mesh)
   dstate = compiled.put_state(state)
   frozen = compiled.put_args({})
+  seen = []
   for k in range(steps):
     dstate, metrics = compiled(dstate, compiled.put_batch(_batch(seed=k)),
                                frozen)
+    seen.append(compiled.get_metrics(metrics))
   return (parallel.unreplicate_to_host(compiled.get_state(dstate)),
-          compiled.get_metrics(metrics))
+          seen if history else seen[-1])
 
 
 def _max_diff(a, b):
