@@ -15,6 +15,7 @@ One convention for every CLI (`python -m l2m_jax.main`, `l2m_jax.demo`,
 """
 
 import re
+import sys
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -23,13 +24,18 @@ EXIT_DIVERGED = 3
 
 def is_user_error(e: BaseException) -> bool:
   """Errors caused by the user's paths, data, checkpoints or config values."""
-  from l2m_jax import checkpointing, image_io, input_pipeline  # pylint: disable=g-import-not-at-top
+  from l2m_jax import checkpointing, image_io  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import torch_to_flax  # pylint: disable=g-import-not-at-top
-  if isinstance(e, (input_pipeline.DatasetError, image_io.ImageReadError,
+  if isinstance(e, (image_io.ImageReadError,
                     torch_to_flax.ConversionError, FileNotFoundError,
                     NotADirectoryError, FileExistsError,
                     checkpointing.CheckpointError,
                     checkpointing.WorkdirLockedError)):
+    return True
+  # A DatasetError can only come from an imported input pipeline; asking
+  # without importing it keeps tensorflow out of the tools that need none.
+  pipeline = sys.modules.get('l2m_jax.input_pipeline')
+  if pipeline is not None and isinstance(e, pipeline.DatasetError):
     return True
   # Config validation messages start with the field: "batch_size=3: ...",
   # or with the model config's name.
@@ -39,6 +45,6 @@ def is_user_error(e: BaseException) -> bool:
 
 
 def is_divergence(e: BaseException) -> bool:
-  """Training stopped on NaN/inf (train_l2m.NonFiniteError)."""
-  from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
-  return isinstance(e, train_l2m.NonFiniteError)
+  """Training stopped on NaN/inf (training.NonFiniteError)."""
+  from l2m_jax import training  # pylint: disable=g-import-not-at-top
+  return isinstance(e, training.NonFiniteError)

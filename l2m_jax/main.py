@@ -2,6 +2,10 @@
 
   python -m l2m_jax.main --config=configs/l2m_celebahq.py --workdir=runs/smile \
       --config.data_dir=data/celeba_hq
+  python -m l2m_jax.main --config=configs/l2l_paper.py --workdir=runs/l2l
+
+`config.method` picks the trainer: 'l2m' (L2M-GAN, train_l2m.py; the
+default) or 'l2l' (Latent-To-Latent, train_l2l.py).
 
 Multi-host: when the environment describes several processes (SLURM,
 Cloud TPU, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
@@ -46,9 +50,16 @@ def _is_multiprocess() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
-  # TF is only the input pipeline: keep it off the accelerators.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.experimental.set_visible_devices([], 'GPU')
+  method = FLAGS.config.get('method', 'l2m')
+  if method not in ('l2m', 'l2l'):
+    print(f"error: method={method!r}: expected 'l2m' (L2M-GAN) or 'l2l' "
+          '(Latent-To-Latent)', file=sys.stderr)
+    sys.exit(2)
+  if method == 'l2m':
+    # TF is only the input pipeline: keep it off the accelerators.
+    # Latent-To-Latent training needs no TensorFlow.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.experimental.set_visible_devices([], 'GPU')
   import jax  # pylint: disable=g-import-not-at-top
   if _is_multiprocess():
     if 'JAX_COORDINATOR_ADDRESS' in os.environ:
@@ -62,9 +73,12 @@ def main(argv):
                jax.process_index(), jax.process_count(), jax.local_devices(),
                jax.device_count())
   from l2m_jax import errors  # pylint: disable=g-import-not-at-top
-  from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
+  if method == 'l2l':
+    from l2m_jax import train_l2l as trainer  # pylint: disable=g-import-not-at-top
+  else:
+    from l2m_jax import train_l2m as trainer  # pylint: disable=g-import-not-at-top
   try:
-    train_l2m.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except Exception as e:  # pylint: disable=broad-except
     # Exit codes: l2m_jax/errors.py (docs/reliability.md).
     if errors.is_user_error(e):
