@@ -42,6 +42,7 @@ def get_config(arg: str = ''):
   c.random_net.channel_base = 16  # generator channels
   c.random_net.attributes = ('a0', 'a1', 'a2')  # regressor outputs
   c.random_net.embed_dim = 16  # identity embedding width
+  c.random_net.logit_std = 2.0  # regressor logit spread on generated faces
   c.dtype = 'float32'  # compute dtype of G, classifier, ArcFace (original fp32)
   c.noise_mode = 'const'  # generator noise: stored buffers (original)
   c.classifier_resize = 'nearest'  # 1024 -> 224 resize (original: nearest)

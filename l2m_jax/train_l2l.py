@@ -234,9 +234,9 @@ def load_networks(config: ml_collections.ConfigDict
     classifier = tiny_frozen.TinyAttributeNet(num_outputs=len(names),
                                               dtype=dtype)
     _loud_random('attribute regressor')
-    frozen['classifier'] = _random_vars(
-        classifier.clone(dtype=jnp.float32), int(config.seed), 2,
-        generator.size)
+    frozen['classifier'] = _calibrated_regressor(
+        classifier.clone(dtype=jnp.float32), generator, g_vars,
+        int(config.seed), float(config.random_net.logit_std))
     kind = 'random'
     cond_names = names
   else:
@@ -352,6 +352,25 @@ def _random_vars_cached(model, seed: int, salt: int, size: int):
 
 def _random_vars(model, seed: int, salt: int, size: int):
   return jax.tree.map(np.copy, _random_vars_cached(model, seed, salt, size))
+
+
+def _calibrated_regressor(classifier, generator, g_vars, seed: int,
+                          logit_std: float):
+  """A random TinyAttributeNet whose logits on generated faces are
+  standardised to mean 0 and std `logit_std` per output (a raw random head
+  gives near-constant probabilities, which no edit could change)."""
+  c_vars = _random_vars(classifier, seed, 2, generator.size)
+  z = jax.random.normal(jax.random.fold_in(jax.random.key(seed), 1001),
+                        (64, generator.style_dim))
+  logits = jax.jit(lambda g, c, z: classifier.apply(c, generator.apply(
+      g, z, noise_mode='const')))(g_vars, c_vars, z)
+  mean = np.asarray(jnp.mean(logits, 0))
+  scale = logit_std / np.maximum(np.asarray(jnp.std(logits, 0)), 1e-6)
+  head = c_vars['params']['head']
+  head['kernel'] = (np.asarray(head['kernel']) * scale).astype(np.float32)
+  head['bias'] = ((np.asarray(head['bias']) - mean) * scale).astype(
+      np.float32)
+  return c_vars
 
 
 def mapper_config(config, n_latent: int, style_dim: int, cond_dim: int
