@@ -253,8 +253,9 @@ def load_networks(config: ml_collections.ConfigDict
   def index_of(field, name, pool):
     key = str(name).lower()
     if key not in pool:
-      raise ValueError(f'{field}: unknown attribute {name!r}; the classifier '
-                       f'({kind}) has: {", ".join(pool)}')
+      raise ValueError(f'{field}={config[field]!r}: unknown attribute '
+                       f'{name!r}; the classifier ({kind}) has: '
+                       f'{", ".join(pool)}')
     return pool.index(key)
 
   if config.mode == 'legacy':
@@ -405,7 +406,7 @@ def _load_direction(config, dim: int) -> np.ndarray:
   try:
     idx = mapper_convert.find_attribute(names, config.attribute)
   except ValueError:
-    raise ValueError(f'attribute: unknown attribute {config.attribute!r} in '
+    raise ValueError(f'attribute={config.attribute!r}: unknown attribute in '
                      f'boundaries={path!r}; it has: {", ".join(names)}'
                      ) from None
   if directions.shape[1] != dim:
