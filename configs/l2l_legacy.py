@@ -1,10 +1,10 @@
 """Latent-To-Latent, legacy mode: the unofficial training, one attribute.
 
-The settings of 850552586/Latent-To-Latent `train.py` and `configs.yaml`
-(docs/latent_to_latent.md): ReStyle-e4e inversions of FFHQ photos, a 1024 px
-StyleGAN2, the BranchedTiny classifier, one attribute, the InterFaceGAN
-pre-shift k = 2, the fixed 0.7 / 0.3 blend, losses 0.5 cycle + 1 attribute
-+ 0.5 zero-edit + 0.5 neighbourhood, Adam lr 1e-3. Each field's comment
+The settings of 850552586/Latent-To-Latent `training/trainer.py` and
+`configs.yaml` (docs/latent_to_latent.md): ReStyle-e4e inversions of FFHQ
+photos, a 1024 px StyleGAN2, the BranchedTiny classifier, one attribute,
+the InterFaceGAN pre-shift k = 2, the fixed 0.7 / 0.3 blend, losses
+0.5 cycle + 1 attribute + 0.5 zero-edit + 0.5 neighbourhood, Adam lr 1e-3. Each field's comment
 gives its meaning and the original's value.
 
   python -m l2m_jax.main --config=configs/l2l_legacy.py --workdir=runs/smile \

@@ -2,9 +2,9 @@
 
 Two loss sets (docs/latent_to_latent.md, "Training"):
 
-legacy, the unofficial training (850552586/Latent-To-Latent `train.py`,
-`losses`), with `w` the input latent, `d` the attribute's InterFaceGAN
-normal, `k` the pre-shift (2), `M` the mapper and the fixed blend
+legacy, the unofficial training (850552586/Latent-To-Latent
+`training/trainer.py`), with `w` the input latent, `d` the attribute's
+InterFaceGAN normal, `k` the pre-shift (2), `M` the mapper and the fixed blend
 `B(x) = 0.7 w + 0.3 M(x)`:
 
   w_n  = B(w + k d)                       the edit

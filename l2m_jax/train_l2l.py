@@ -5,8 +5,8 @@ for Identity Preserving Editing of Multiple Face Attributes in
 StyleGAN-generated Images" (WACV 2022), in one of two modes
 (`config.mode`; docs/latent_to_latent.md):
 
-* legacy: the unofficial 850552586/Latent-To-Latent `train.py`. One
-  attribute; the mapper input is pre-shifted along the attribute's
+* legacy: the unofficial 850552586/Latent-To-Latent `training/trainer.py`.
+  One attribute; the mapper input is pre-shifted along the attribute's
   InterFaceGAN normal, `w_n = 0.7 w + 0.3 M(w + k d)` (k = 2), and the
   classifier's score of `G(w + k d)` is the attribute target. Losses
   (l2m_jax/l2l_losses.py): 0.5 cycle + 1 attribute + 0.5 zero-edit +
