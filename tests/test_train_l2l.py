@@ -319,12 +319,12 @@ def test_paper_mode_learns_the_requested_changes(tmp_path):
   e0, e1, pear, zero, edit, w_scale = _learn(tmp_path, 300, 2e-2)
   assert e1 <= 0.5 * e0
   assert min(pear) >= 0.8
-  assert zero <= 0.25 * edit and zero <= 0.02 * w_scale
+  assert zero <= 0.5 * edit and zero <= 0.05 * w_scale
 
 
 def test_paper_mode_learns_short(tmp_path):
   """The default-suite variant: 60 steps at a higher learning rate."""
-  e0, e1, pear, zero, edit, _ = _learn(tmp_path, 60, 5e-2)
+  e0, e1, pear, zero, edit, w_scale = _learn(tmp_path, 60, 5e-2)
   assert e1 <= 0.75 * e0
   assert min(pear) >= 0.5
-  assert zero <= 0.5 * edit
+  assert zero <= 0.75 * edit and zero <= 0.1 * w_scale
