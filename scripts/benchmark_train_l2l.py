@@ -102,40 +102,56 @@ def _best(fn, repeats):
   return best
 
 
-def run_torch(args):
+def torch_legacy_loss(g, c, e, m, w, d, attribute_index, *, k=K,
+                      alpha=0.3, lambda_face_id=1.0):
+  """The legacy objective in torch (the unofficial trainer's terms).
+
+  g: stylegan2_torch.Generator; c: branched_tiny_torch.BranchedTiny (it
+  normalises by the CelebA statistics itself); e: irse_torch.Backbone or
+  None; m: l2l_mapper_torch.LevelsMapper; w [B, n, D]; d [1, 1, D].
+  Images go to the classifier as the unofficial wrapper sends them: x * 0.5
+  + 0.5, nearest-resized to 224 when their width is not 224.
+  """
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
-  from l2m_jax.models import branched_tiny as bt  # pylint: disable=g-import-not-at-top
   from third_party import irse_torch  # pylint: disable=g-import-not-at-top
+  b = w.shape[0]
+  blend = lambda x: (1 - alpha) * w + alpha * m(x)
+  w_a = w + k * d
+  w_n = blend(w_a)
+  w_c = blend(w_n - k * d)
+  w_0 = blend(w + 0 * d)
+  use_id = e is not None and lambda_face_id > 0
+  rows = [w_n, w_a] + ([w] if use_id else [])
+  imgs = g([torch.cat(rows)], input_is_latent=True, randomize_noise=False)[0]
+  x = imgs * 0.5 + 0.5
+  if x.shape[-1] != 224:
+    x = F.interpolate(x, (224, 224), mode='nearest')
+  logits = c(x)[:, attribute_index]
+  loss = (0.5 * F.l1_loss(w_c, w) +
+          F.mse_loss(torch.sigmoid(logits[:b]),
+                     torch.sigmoid(logits[b:2 * b]).detach()) +
+          0.5 * F.l1_loss(w_0, w) + 0.5 * F.mse_loss(w_n, w))
+  if use_id:
+    emb = e(irse_torch.identity_crop(torch.cat([imgs[:b], imgs[2 * b:]])))
+    loss = loss + lambda_face_id * (
+        1 - (emb[:b] * emb[b:].detach()).sum(-1)).mean()
+  return loss
+
+
+def run_torch(args):
+  import torch  # pylint: disable=g-import-not-at-top
+  from l2m_jax.models import branched_tiny as bt  # pylint: disable=g-import-not-at-top
   if args.torch_threads:
     torch.set_num_threads(args.torch_threads)
   g, c, e, m = _torch_nets(args.size)
   w_np, d_np = _batch(g.n_latent, args.batch)
   w, d = torch.from_numpy(w_np), torch.from_numpy(d_np)[None, None]
   j = bt.ATTRIBUTES.index(ATTRIBUTE)
-  mean = c.celeba_aligned_means.reshape(1, 3, 1, 1)
-  std = c.celeba_aligned_stds.reshape(1, 3, 1, 1)
   opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-  b = args.batch
 
   def step():
-    blend = lambda x: 0.7 * w + 0.3 * m(x)
-    w_a = w + K * d
-    w_n = blend(w_a)
-    w_c = blend(w_n - K * d)
-    w_0 = blend(w + 0 * d)
-    imgs = g([torch.cat([w_n, w_a, w])], input_is_latent=True,
-             randomize_noise=False)[0]
-    x = imgs * 0.5 + 0.5
-    if x.shape[-1] != 224:
-      x = F.interpolate(x, (224, 224), mode='nearest')
-    logits = c((x - mean) / std)[:, j]
-    emb = e(irse_torch.identity_crop(torch.cat([imgs[:b], imgs[2 * b:]])))
-    face_id = (1 - (emb[:b] * emb[b:].detach()).sum(-1)).mean()
-    loss = (0.5 * F.l1_loss(w_c, w) +
-            F.mse_loss(torch.sigmoid(logits[:b]),
-                       torch.sigmoid(logits[b:2 * b]).detach()) +
-            0.5 * F.l1_loss(w_0, w) + 0.5 * F.mse_loss(w_n, w) + face_id)
+    loss = torch_legacy_loss(g, c, e, m, w, d, j)
     opt.zero_grad()
     loss.backward()
     opt.step()
