@@ -45,6 +45,6 @@ def is_user_error(e: BaseException) -> bool:
 
 
 def is_divergence(e: BaseException) -> bool:
-  """Training stopped on NaN/inf (train_l2m.NonFiniteError)."""
-  from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
-  return isinstance(e, train_l2m.NonFiniteError)
+  """Training stopped on NaN/inf (training.NonFiniteError)."""
+  from l2m_jax import training  # pylint: disable=g-import-not-at-top
+  return isinstance(e, training.NonFiniteError)

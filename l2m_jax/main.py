@@ -2,6 +2,10 @@
 
   python3 -m l2m_jax.main --config=configs/l2m_celebahq.py --workdir=runs/smile \
       --config.data_dir=data/celeba_hq
+  python3 -m l2m_jax.main --config=configs/l2l_paper.py --workdir=runs/l2l
+
+`config.method` picks the trainer: 'l2m' (L2M-GAN, train_l2m.py; the
+default) or 'l2l' (Latent-To-Latent, train_l2l.py).
 
 Multi-host: when the environment describes several processes (SLURM,
 Cloud TPU, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
@@ -14,6 +18,7 @@ diverged (NaN/inf; nothing non-finite saved), 1 a bug (traceback).
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -47,9 +52,16 @@ def _is_multiprocess() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
-  # TF is only the input pipeline: keep it off the accelerators.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.experimental.set_visible_devices([], 'GPU')
+  method = FLAGS.config.get('method', 'l2m')
+  if method not in ('l2m', 'l2l'):
+    print(f"error: method={method!r}: expected 'l2m' (L2M-GAN) or 'l2l' "
+          '(Latent-To-Latent)', file=sys.stderr)
+    sys.exit(2)
+  if method == 'l2m':
+    # TF is only the input pipeline: keep it off the accelerators.
+    # Latent-To-Latent training needs no TensorFlow.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.experimental.set_visible_devices([], 'GPU')
   import jax  # pylint: disable=g-import-not-at-top
   if _is_multiprocess():
     if 'JAX_COORDINATOR_ADDRESS' in os.environ:
@@ -62,11 +74,14 @@ def main(argv):
   logging.info('JAX process %d / %d; local devices %s; %d devices in all',
                jax.process_index(), jax.process_count(), jax.local_devices(),
                jax.device_count())
-  from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
+  if method == 'l2l':
+    from l2m_jax import train_l2l as trainer  # pylint: disable=g-import-not-at-top
+  else:
+    from l2m_jax import train_l2m as trainer  # pylint: disable=g-import-not-at-top
   # Exit codes: l2m_jax/errors.py (docs/reliability.md). A user mistake (bad
   # path, data, config value or checkpoint, a locked workdir) is one message
   # naming the file / key / field, no traceback; a bug keeps its traceback.
-  cli.run_reporting_errors(train_l2m.train_and_evaluate, FLAGS.config,
+  cli.run_reporting_errors(trainer.train_and_evaluate, FLAGS.config,
                            FLAGS.workdir)
 
 

@@ -33,7 +33,6 @@ import dataclasses
 import functools
 import os
 import pathlib
-import signal
 import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -50,6 +49,7 @@ from l2m_jax import checkpointing
 from l2m_jax import image_io
 from l2m_jax import losses
 from l2m_jax import parallel
+from l2m_jax import training
 from l2m_jax.convert import torch_to_flax as t2f
 from l2m_jax.models import fan as fan_lib
 from l2m_jax.models import l2m as l2m_models
@@ -481,80 +481,10 @@ def export_ema(out_dir: str | os.PathLike, state_ema: Mapping[str, Any],
 # ---------------------------------------------------------------------------
 
 
-class NonFiniteError(FloatingPointError):
-  """Training produced NaN or inf; nothing non-finite was saved."""
-
-
-class _Preemption:
-  """The one stop decision of all processes (SIGTERM or a preemption notice).
-
-  One process: a SIGTERM handler sets a flag. Several processes: JAX's
-  preemption service (started by jax.distributed.initialize) catches
-  SIGTERM on any process and every process learns the same stop step from
-  `parallel.reached_preemption_sync_point`, which must be asked at every
-  step; a Python handler would hide SIGTERM from that service, so none is
-  installed. If the service is disabled, a handler sets a local flag and the
-  processes agree on it at every step (`parallel.any_process`).
-  """
-
-  def __init__(self):
-    self.requested = False
-    self._old = None
-    self._service = parallel.preemption_service_available()
-
-  def __enter__(self):
-    if parallel.process_count() > 1 and not self._service:
-      logging.warning('JAX preemption service disabled: agreeing on SIGTERM '
-                      'with a collective at every step.')
-    if not self._service:
-      try:
-        self._old = signal.signal(signal.SIGTERM, self._handle)
-      except ValueError:  # not the main thread
-        self._old = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint and exiting.')
-    self.requested = True
-
-  def should_stop(self, step: int) -> bool:
-    """Whether to stop after `step`; the same answer on every process."""
-    if self._service:
-      return parallel.reached_preemption_sync_point(step)
-    if parallel.process_count() > 1:
-      return parallel.any_process(self.requested)
-    return self.requested
-
-  def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-
-
-def _check_finite(metrics: Mapping[str, np.ndarray], step: int):
-  bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
-  if bad:
-    raise NonFiniteError(f'step {step}: non-finite losses {bad}; nothing was '
-                         'saved at or after this step')
-
-
-def _check_state_finite(state: L2MTrainState, metrics: Any, step: int,
-                        compiled: parallel.CompiledStep, last_good: int | None):
-  """Raises NonFiniteError naming the step, the losses and the arrays."""
-  bad = checkpointing.nonfinite_leaves(state)
-  if not bad:
-    return
-  losses_ = {k: float(v) for k, v in compiled.get_metrics(metrics).items()}
-  bad_terms = {k: v for k, v in losses_.items() if not np.isfinite(v)}
-  nets = sorted({p.split('/')[0] for p in bad})
-  kept = (f'the last checkpoint (step {last_good}) and the EMA export are '
-          'untouched' if last_good is not None else 'no checkpoint was saved')
-  raise NonFiniteError(
-      f'step {step}: the training state became non-finite (NaN/inf in '
-      f'{len(bad)} arrays of {nets}, e.g. {bad[0]}); losses of this step: '
-      f'{bad_terms or losses_}. Nothing was saved at this step; {kept}. '
-      'Rerunning resumes from that checkpoint; lower lr or check the data if '
-      'it diverges again.')
+NonFiniteError = training.NonFiniteError
+_Preemption = training.Preemption
+_check_finite = training.check_finite
+_check_state_finite = training.check_state_finite
 
 
 # Config fields that change the shapes of the saved arrays (through the
@@ -573,14 +503,7 @@ def _structure(model_config: Mapping[str, Any]) -> dict[str, Any]:
   return {k: mc.get(k) for k in STRUCTURAL_FIELDS}
 
 
-def _flat_config(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, Mapping):
-      out.update(_flat_config(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
-  return out
+_flat_config = training.flat_config
 
 
 def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any],
