@@ -129,10 +129,11 @@ def generate_data(config, workdir: str) -> dict:
   """Stage 1: writes <workdir>/data/{train,val}/<domain>/*.png; sets data_dir.
 
   Returns:
-    The export info of `synthetic_faces.export_folder_layout` ('reused' is
-    True when the folder already held these settings).
+    The export info of `synthetic_faces_folders.export_folder_layout`
+    ('reused' is True when the folder already held these settings).
   """
   from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
+  from l2m_jax.datasets import synthetic_faces_folders  # pylint: disable=g-import-not-at-top
   sf.check_attribute(config.demo.attribute, 'config.demo.attribute')
   d = config.demo
   size = int(config.img_size)
@@ -140,7 +141,7 @@ def generate_data(config, workdir: str) -> dict:
   work.mkdir(parents=True, exist_ok=True)
   _say(f'1/{NUM_STAGES} data: {d.num_train}+{d.num_val} generated faces at '
        f'{size}px (attribute {d.attribute!r}, seed {d.data_seed})')
-  info = sf.export_folder_layout(
+  info = synthetic_faces_folders.export_folder_layout(
       work / 'data', d.attribute, image_size=size, num_train=d.num_train,
       num_val=d.num_val, seed=d.data_seed, overwrite=True,
       progress=lambda m: _say(f'    {m}'))
