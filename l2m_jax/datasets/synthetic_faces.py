@@ -609,7 +609,7 @@ def generate_counterfactuals(num: int, image_size: int, seed: int,
   The exact counterfactual of each face: same identity vector and other
   attributes, the attribute's value inverted. Returns uint8 [N, S, S, 3].
   """
-  _check_attribute(attribute)
+  check_attribute(attribute)
   _check_split(split)
   check_image_size(image_size)
   out = np.zeros((num, image_size, image_size, 3), np.uint8)
@@ -631,7 +631,7 @@ def preserved_targets(arrays: Mapping[str, np.ndarray],
   Returns:
     float32 [N, IDENTITY_DIM + len(ATTRIBUTES) - 1].
   """
-  _check_attribute(attribute)
+  check_attribute(attribute)
   others = [arrays[a] for a in ATTRIBUTES if a != attribute]
   return np.concatenate(
       [np.asarray(arrays['identity'], np.float32),
