@@ -198,3 +198,22 @@ def test_export_cli(tmp_path):
        '--attribute', 'beard'], capture_output=True, text=True, check=False)
   assert bad.returncode != 0 and 'beard' in bad.stderr
   assert 'Traceback' not in bad.stderr
+
+
+def test_counterfactuals_and_preserved_targets():
+  arrays = sf.generate_arrays(3, 16, seed=2, split='val')
+  cf = sf.generate_counterfactuals(2, 16, 2, 'val', 'smiling', start=1)
+  for j, index in enumerate((1, 2)):
+    ident, attrs = sf.sample_face(2, 'val', index)
+    attrs = dict(attrs, smiling=1 - attrs['smiling'])
+    np.testing.assert_array_equal(cf[j], sf.render_face(ident, attrs, 16))
+  targets = sf.preserved_targets(arrays, 'smiling')
+  np.testing.assert_array_equal(targets[:, :sf.IDENTITY_DIM],
+                                arrays['identity'])
+  np.testing.assert_array_equal(
+      targets[:, sf.IDENTITY_DIM:],
+      np.stack([arrays['eyeglasses'], arrays['grey_hair']], axis=1))
+  for fn in (lambda: sf.generate_counterfactuals(1, 16, 0, 'val', 'beard'),
+             lambda: sf.preserved_targets(arrays, 'beard')):
+    with pytest.raises(ValueError, match="unknown attribute 'beard'"):
+      fn()
