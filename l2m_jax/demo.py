@@ -129,10 +129,11 @@ def generate_data(config, workdir: str) -> dict:
   """Stage 1: writes <workdir>/data/{train,val}/<domain>/*.png; sets data_dir.
 
   Returns:
-    The export info of `synthetic_faces.export_folder_layout` ('reused' is
-    True when the folder already held these settings).
+    The export info of `synthetic_faces_folders.export_folder_layout`
+    ('reused' is True when the folder already held these settings).
   """
   from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
+  from l2m_jax.datasets import synthetic_faces_folders  # pylint: disable=g-import-not-at-top
   sf.check_attribute(config.demo.attribute, 'config.demo.attribute')
   d = config.demo
   size = int(config.img_size)
@@ -140,7 +141,7 @@ def generate_data(config, workdir: str) -> dict:
   work.mkdir(parents=True, exist_ok=True)
   _say(f'1/{NUM_STAGES} data: {d.num_train}+{d.num_val} generated faces at '
        f'{size}px (attribute {d.attribute!r}, seed {d.data_seed})')
-  info = sf.export_folder_layout(
+  info = synthetic_faces_folders.export_folder_layout(
       work / 'data', d.attribute, image_size=size, num_train=d.num_train,
       num_val=d.num_val, seed=d.data_seed, overwrite=True,
       progress=lambda m: _say(f'    {m}'))
@@ -259,51 +260,25 @@ def train_preservation(config, workdir: str) -> dict:
   return {'final_loss': meta['train']['final_loss']}
 
 
-def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
-             timings: dict | None = None, extra: dict | None = None) -> dict:
-  """Stages 5-6: edits, editing metrics, metrics.json, grid, edits.npz.
+def edit_val_faces(variables, mc, x: np.ndarray, y: np.ndarray,
+                   degrees: tuple[float, ...], batch_size: int
+                   ) -> np.ndarray:
+  """Edits every face to the other domain at every degree (stage 5a).
 
   Args:
-    config: the demo config (`config.demo` and the image/batch sizes).
-    workdir: the demo folder; outputs go to <workdir>/metrics.json,
-      <workdir>/demo_grid.png, <workdir>/edits.npz, <workdir>/metric_models/
-      and TensorBoard scalars/images to <workdir>/train.
-    checkpoint: an EMA export (format 'l2m_gan') of the trained model.
-    timings: seconds spent in the earlier stages, copied into the JSON.
-    extra: more entries for metrics.json (e.g. the landmark network's error).
+    variables, mc: the loaded EMA export and its model config.
+    x: float32 [N, S, S, 3] faces in [-1, 1]; y: int32 [N] their domains.
+    degrees: edit strengths.
+    batch_size: faces per call; the last batch is zero-padded so that the
+      edit compiles once.
 
   Returns:
-    The metrics dict (also written to <workdir>/metrics.json).
+    uint8 [D, N, S, S, 3]: the edits quantised as saved PNGs are
+    (image_io.to_uint8), so that metrics see the files' pixels.
   """
-  # Imports here keep `--help` fast.
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   from l2m_jax import editing  # pylint: disable=g-import-not-at-top
   from l2m_jax import image_io  # pylint: disable=g-import-not-at-top
-  from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
-  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
-  from l2m_jax.evaluation import editing_metrics as em  # pylint: disable=g-import-not-at-top
-
-  sf.check_attribute(config.demo.attribute, 'config.demo.attribute')
-  t_start = time.time()
-  timings = dict(timings or {})
-  d = config.demo
-  size = int(config.img_size)
-  work = pathlib.Path(workdir).resolve()
-  work.mkdir(parents=True, exist_ok=True)
-  variables, mc = l2m_convert.load_l2m_checkpoint(checkpoint)
-  if mc.img_size != size:
-    raise ValueError(f'{checkpoint}: the model is {mc.img_size}px but '
-                     f'config.img_size is {size}')
-
-  # 5a. Edits of the validation faces.
-  degrees = tuple(float(a) for a in d.degrees)
-  _say(f'5/{NUM_STAGES} evaluation: editing {d.num_val} validation faces '
-       f'at degrees {list(degrees)} (compiling the edit first)')
-  t = time.time()
-  val = sf.generate_arrays(int(d.num_val), size, int(d.data_seed), 'val')
-  x = _to_float(val['image'])
-  y = val[d.attribute].astype(np.int32)
-  bs = int(config.val_batch_size)
+  bs = int(batch_size)
   chunks = []
   for i in range(0, len(x), bs):
     xb, yb = x[i:i + bs], y[i:i + bs]
@@ -315,15 +290,23 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
         variables, xb, yb, 1 - yb, np.asarray(degrees, np.float32),
         config=mc))[:, :n])
   sweep = np.clip(np.concatenate(chunks, axis=1), -1.0, 1.0)  # [D, N, S, S, 3]
-  # Quantise as saved PNGs are (image_io.to_uint8), so metrics see files' pixels.
-  sweep_u8 = image_io.to_uint8(sweep)
-  sweep = _to_float(sweep_u8)
-  timings['edit_s'] = time.time() - t
+  return image_io.to_uint8(sweep)
 
-  # 5b. Metric models and metrics.
-  _say(f'    training the attribute classifier and identity regressor '
-       f'({d.metric_steps} steps each) on the generated training faces')
-  t = time.time()
+
+def train_metric_models(config, work: pathlib.Path, val: dict):
+  """Trains and saves the attribute classifier and identity regressor.
+
+  Both learn from the generated training faces (config.demo.num_train) and
+  are scored on the validation faces `val`; they are saved under
+  <work>/metric_models/.
+
+  Returns:
+    ((c_apply, c_params, c_meta), (r_apply, r_params, r_meta)).
+  """
+  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
+  from l2m_jax.evaluation import editing_metrics as em  # pylint: disable=g-import-not-at-top
+  d = config.demo
+  size = int(config.img_size)
   train = sf.generate_arrays(int(d.num_train), size, int(d.data_seed), 'train')
   labels = np.stack([train[a] for a in sf.ATTRIBUTES], axis=1)
   val_labels = np.stack([val[a] for a in sf.ATTRIBUTES], axis=1)
@@ -342,23 +325,42 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
   em.save_model(work / 'metric_models' / 'classifier', c_params, c_meta)
   em.save_model(work / 'metric_models' / 'identity_regressor', r_params,
                 r_meta)
-  timings['metric_models_s'] = time.time() - t
-  t = time.time()
+  return (c_apply, c_params, c_meta), (r_apply, r_params, r_meta)
+
+
+def compute_metrics(config, val: dict, sweep: np.ndarray,
+                    degrees: tuple[float, ...], exact: np.ndarray,
+                    classifier, regressor) -> tuple[dict, dict]:
+  """The editing metrics of the sweep and their reference points (stage 5b).
+
+  Args:
+    config: the demo config.
+    val: the validation faces (`synthetic_faces.generate_arrays`).
+    sweep: float32 [D, N, S, S, 3] edits, one per degree in `degrees`.
+    exact: float32 [N, S, S, 3] exact counterfactuals of the val faces.
+    classifier, regressor: `(apply, params, meta)` of `train_metric_models`.
+
+  Returns:
+    (results, references): `editing_metrics.evaluate_edits` of the sweep, and
+    what a perfect edit scores (the exact counterfactual, the same face
+    re-rendered with the attribute flipped) next to what losing the identity
+    scores (the identity distance between two different val faces).
+  """
+  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
+  from l2m_jax.evaluation import editing_metrics as em  # pylint: disable=g-import-not-at-top
+  d = config.demo
+  c_apply, c_params, _ = classifier
+  r_apply, r_params, _ = regressor
+  x = _to_float(val['image'])
+  y = val[d.attribute].astype(np.int32)
   k = sf.ATTRIBUTES.index(d.attribute)
-  masks = sf.region_masks(val['identity'], d.attribute, size)
+  masks = sf.region_masks(val['identity'], d.attribute, int(config.img_size))
   results = em.evaluate_edits(
       sources=x, source_labels=y,
       edits={a: sweep[j] for j, a in enumerate(degrees)},
       classifier=(em.output_slice(c_apply, k), c_params),
       identity_model=(r_apply, r_params), region_masks=masks,
       inception_checkpoint=str(config.inception_checkpoint))
-  # Reference points for reading the numbers: the exact counterfactual (the
-  # same face re-rendered with the attribute flipped) is what a perfect edit
-  # scores, and the identity distance between two different val faces is
-  # what losing the identity scores.
-  exact_u8 = sf.generate_counterfactuals(int(d.num_val), size,
-                                         int(d.data_seed), 'val', d.attribute)
-  exact = _to_float(exact_u8)
   references = {'exact_counterfactual': {
       'attribute_accuracy': em.attribute_accuracy(
           em.output_slice(c_apply, k), c_params, exact, 1 - y),
@@ -366,20 +368,42 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
       'pixel_change_outside': em.pixel_change_outside(x, exact, masks)}}
   references['different_faces_identity_error'] = float(np.mean(
       em.identity_distances(r_apply, r_params, x, np.roll(x, 1, axis=0))))
-  timings['metrics_s'] = time.time() - t
+  return results, references
 
-  # 6. Outputs.
-  _say(f'6/{NUM_STAGES} outputs: metrics.json, demo_grid.png (and x'
-       f'{GRID_ZOOM} demo_grid_large.png), edits.npz, TensorBoard scalars')
-  n = min(int(d.grid_sources), len(x))
-  # Alternate domains so both edit directions show.
+
+def grid_order(y: np.ndarray, num: int) -> np.ndarray:
+  """The val faces shown in the grid: domains alternate, then the rest."""
+  n = min(int(num), len(y))
   order = np.concatenate([np.nonzero(y == 0)[0][:n // 2 + n % 2],
                           np.nonzero(y == 1)[0][:n // 2]])
-  order = np.concatenate([order, np.setdiff1d(np.arange(len(x)), order)])[:n]
+  return np.concatenate([order, np.setdiff1d(np.arange(len(y)), order)])[:n]
+
+
+def write_outputs(config, work: pathlib.Path, x: np.ndarray, y: np.ndarray,
+                  sweep_u8: np.ndarray, exact_u8: np.ndarray,
+                  degrees: tuple[float, ...], results: dict) -> np.ndarray:
+  """Stage 6: demo_grid(_large).png, edits.npz and TensorBoard entries.
+
+  Args:
+    config: the demo config.
+    work: the demo folder.
+    x: float32 [N, S, S, 3] sources; y: int32 [N] their domains.
+    sweep_u8: uint8 [D, N, S, S, 3] edits; exact_u8: uint8 [N, S, S, 3]
+      exact counterfactuals.
+    degrees: the edit strengths of `sweep_u8`.
+    results: `compute_metrics`' results (scalars for TensorBoard).
+
+  Returns:
+    The grid's source indices into the val faces.
+  """
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from l2m_jax import image_io  # pylint: disable=g-import-not-at-top
+  order = grid_order(y, config.demo.grid_sources)
+  sweep, exact = _to_float(sweep_u8), _to_float(exact_u8)
   cols = np.concatenate([x[order][None], sweep[:, order], exact[order][None]],
                         axis=0)
   grid = image_io.make_grid(np.transpose(cols, (1, 0, 2, 3, 4)))
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   Image.fromarray(grid).save(work / 'demo_grid.png')
   # The same grid enlarged GRID_ZOOM times, nearest-neighbour, so that the
   # 32-px tiles can be seen pixel by pixel (docs/demo.md shows this one).
@@ -400,6 +424,69 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
   writer.write_scalars(step, scalars)
   writer.write_images(step, {'demo/grid': grid[None]})
   writer.flush()
+  return order
+
+
+def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
+             timings: dict | None = None, extra: dict | None = None) -> dict:
+  """Stages 5-6: edits, editing metrics, metrics.json, grid, edits.npz.
+
+  Args:
+    config: the demo config (`config.demo` and the image/batch sizes).
+    workdir: the demo folder; outputs go to <workdir>/metrics.json,
+      <workdir>/demo_grid.png, <workdir>/edits.npz, <workdir>/metric_models/
+      and TensorBoard scalars/images to <workdir>/train.
+    checkpoint: an EMA export (format 'l2m_gan') of the trained model.
+    timings: seconds spent in the earlier stages, copied into the JSON.
+    extra: more entries for metrics.json (e.g. the landmark network's error).
+
+  Returns:
+    The metrics dict (also written to <workdir>/metrics.json).
+  """
+  # Imports here keep `--help` fast.
+  from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
+  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
+
+  sf.check_attribute(config.demo.attribute, 'config.demo.attribute')
+  t_start = time.time()
+  timings = dict(timings or {})
+  d = config.demo
+  size = int(config.img_size)
+  work = pathlib.Path(workdir).resolve()
+  work.mkdir(parents=True, exist_ok=True)
+  variables, mc = l2m_convert.load_l2m_checkpoint(checkpoint)
+  if mc.img_size != size:
+    raise ValueError(f'{checkpoint}: the model is {mc.img_size}px but '
+                     f'config.img_size is {size}')
+
+  degrees = tuple(float(a) for a in d.degrees)
+  _say(f'5/{NUM_STAGES} evaluation: editing {d.num_val} validation faces '
+       f'at degrees {list(degrees)} (compiling the edit first)')
+  t = time.time()
+  val = sf.generate_arrays(int(d.num_val), size, int(d.data_seed), 'val')
+  x = _to_float(val['image'])
+  y = val[d.attribute].astype(np.int32)
+  sweep_u8 = edit_val_faces(variables, mc, x, y, degrees,
+                            config.val_batch_size)
+  timings['edit_s'] = time.time() - t
+
+  _say(f'    training the attribute classifier and identity regressor '
+       f'({d.metric_steps} steps each) on the generated training faces')
+  t = time.time()
+  classifier, regressor = train_metric_models(config, work, val)
+  timings['metric_models_s'] = time.time() - t
+  t = time.time()
+  exact_u8 = sf.generate_counterfactuals(int(d.num_val), size,
+                                         int(d.data_seed), 'val', d.attribute)
+  results, references = compute_metrics(
+      config, val, _to_float(sweep_u8), degrees, _to_float(exact_u8),
+      classifier, regressor)
+  timings['metrics_s'] = time.time() - t
+
+  _say(f'6/{NUM_STAGES} outputs: metrics.json, demo_grid.png (and x'
+       f'{GRID_ZOOM} demo_grid_large.png), edits.npz, TensorBoard scalars')
+  order = write_outputs(config, work, x, y, sweep_u8, exact_u8, degrees,
+                        results)
   timings['evaluate_s'] = time.time() - t_start
   stage_keys = ('data_s', 'landmarks_s', 'preservation_s', 'train_s',
                 'evaluate_s')
@@ -409,14 +496,14 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
       'attribute': d.attribute,
       'domains': list(mc.domains),
       'image_size': size,
-      'train_steps': step,
+      'train_steps': int(config.total_iters),
       'num_train': int(d.num_train),
       'num_val': int(d.num_val),
       'grid_sources': [int(i) for i in order],
       'classifier_heldout_accuracy': dict(zip(sf.ATTRIBUTES,
-                                              c_meta['val_accuracy'])),
-      'regressor_heldout_rmse': r_meta['val_rmse'],
-      'regressor_heldout_l2': r_meta['val_l2'],
+                                              classifier[2]['val_accuracy'])),
+      'regressor_heldout_rmse': regressor[2]['val_rmse'],
+      'regressor_heldout_l2': regressor[2]['val_l2'],
       'edits': results,
       'references': references,
       **(extra or {}),

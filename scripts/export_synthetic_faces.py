@@ -18,6 +18,7 @@ import time  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 def main(argv=None):
   from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
+  from l2m_jax.datasets import synthetic_faces_folders  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--out', required=True, help='output directory')
   p.add_argument('--attribute', default='smiling', choices=sf.ATTRIBUTES,
@@ -31,7 +32,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   t0 = time.time()
   try:
-    info = sf.export_folder_layout(
+    info = synthetic_faces_folders.export_folder_layout(
         args.out, args.attribute, image_size=args.image_size,
         num_train=args.num_train, num_val=args.num_val, seed=args.seed,
         overwrite=args.overwrite, progress=print)

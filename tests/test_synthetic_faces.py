@@ -6,6 +6,7 @@ renderer's geometry.
 """
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 from l2m_jax import image_io
 from l2m_jax.datasets import synthetic_faces as sf
+from l2m_jax.datasets import synthetic_faces_folders as sff
 
 S = 64  # the rules are calibrated for 64 px
 
@@ -119,10 +121,27 @@ def image_io_dilate(mask, r):
   return out
 
 
+def test_renderer_and_export_do_not_import_tensorflow():
+  code = ('import sys; '
+          'from l2m_jax.datasets import synthetic_faces, '
+          'synthetic_faces_folders; '
+          'print(sorted(m for m in sys.modules '
+          "if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets')))")
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                       text=True, check=True,
+                       cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert out.stdout.strip() == '[]', out.stdout
+
+
 def test_tfds_builder_matches_arrays(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  cfg = sf.make_config(image_size=32, num_train=5, num_val=3, seed=7)
-  builder = sf.SyntheticFaces(config=cfg, data_dir=str(tmp_path))
+  from l2m_jax.datasets import synthetic_faces_tfds  # pylint: disable=g-import-not-at-top
+  assert synthetic_faces_tfds.SyntheticFaces.name == 'synthetic_faces'
+  assert str(synthetic_faces_tfds.SyntheticFaces.VERSION) == sf.VERSION
+  cfg = synthetic_faces_tfds.make_config(image_size=32, num_train=5,
+                                         num_val=3, seed=7)
+  builder = synthetic_faces_tfds.SyntheticFaces(config=cfg,
+                                                data_dir=str(tmp_path))
   builder.download_and_prepare()
   assert builder.info.splits['train'].num_examples == 5
   assert builder.info.splits['val'].num_examples == 3
@@ -142,8 +161,8 @@ def test_tfds_builder_matches_arrays(tmp_path):
 
 def test_export_folder_layout(tmp_path):
   root = tmp_path / 'faces'
-  info = sf.export_folder_layout(root, 'eyeglasses', image_size=32,
-                                 num_train=10, num_val=4, seed=1)
+  info = sff.export_folder_layout(root, 'eyeglasses', image_size=32,
+                                  num_train=10, num_val=4, seed=1)
   assert info['domains'] == ['bare_eyes', 'eyeglasses']
   ref = sf.generate_arrays(10, 32, seed=1, split='train')
   for split, n in (('train', 10), ('val', 4)):
@@ -152,18 +171,18 @@ def test_export_folder_layout(tmp_path):
     files = sum((image_io.list_images(root / split / d) for d in dirs
                  if any((root / split / d).iterdir())), [])
     assert len(files) == n
-  feats = sf.load_features(root, 'train')
+  feats = sff.load_features(root, 'train')
   for k, rel in enumerate(feats['path']):
     domain = rel.split('/')[1]
     assert domain == info['domains'][feats['eyeglasses'][k]]
     np.testing.assert_array_equal(np.asarray(Image.open(root / rel)),
                                   ref['image'][feats['index'][k]])
   # Same settings: reused; other settings: refused without overwrite.
-  assert sf.export_folder_layout(root, 'eyeglasses', image_size=32,
-                                 num_train=10, num_val=4, seed=1)['reused']
+  assert sff.export_folder_layout(root, 'eyeglasses', image_size=32,
+                                  num_train=10, num_val=4, seed=1)['reused']
   with pytest.raises(FileExistsError, match='overwrite'):
-    sf.export_folder_layout(root, 'smiling', image_size=32, num_train=10,
-                            num_val=4, seed=1)
+    sff.export_folder_layout(root, 'smiling', image_size=32, num_train=10,
+                             num_val=4, seed=1)
 
 
 def test_export_cli(tmp_path):
@@ -179,3 +198,22 @@ def test_export_cli(tmp_path):
        '--attribute', 'beard'], capture_output=True, text=True, check=False)
   assert bad.returncode != 0 and 'beard' in bad.stderr
   assert 'Traceback' not in bad.stderr
+
+
+def test_counterfactuals_and_preserved_targets():
+  arrays = sf.generate_arrays(3, 16, seed=2, split='val')
+  cf = sf.generate_counterfactuals(2, 16, 2, 'val', 'smiling', start=1)
+  for j, index in enumerate((1, 2)):
+    ident, attrs = sf.sample_face(2, 'val', index)
+    attrs = dict(attrs, smiling=1 - attrs['smiling'])
+    np.testing.assert_array_equal(cf[j], sf.render_face(ident, attrs, 16))
+  targets = sf.preserved_targets(arrays, 'smiling')
+  np.testing.assert_array_equal(targets[:, :sf.IDENTITY_DIM],
+                                arrays['identity'])
+  np.testing.assert_array_equal(
+      targets[:, sf.IDENTITY_DIM:],
+      np.stack([arrays['eyeglasses'], arrays['grey_hair']], axis=1))
+  for fn in (lambda: sf.generate_counterfactuals(1, 16, 0, 'val', 'beard'),
+             lambda: sf.preserved_targets(arrays, 'beard')):
+    with pytest.raises(ValueError, match="unknown attribute 'beard'"):
+      fn()

@@ -25,19 +25,18 @@ Entry points:
   render_face(identity, attributes, image_size) -> uint8 [S, S, 3]
   attribute_region_mask(identity, attribute, image_size) -> float32 [S, S]
   generate_arrays(num, image_size, seed, split) -> dict of numpy arrays
-  SyntheticFaces: the tfds builder (`tfds.builder('synthetic_faces/64px')`).
-  export_folder_layout(root, attribute, ...): `train/<domain>/*.png` and
-    `val/<domain>/*.png`, the official ImageFolder layout.
+
+The tfds builder (`tfds.builder('synthetic_faces/64px')`) lives in
+`synthetic_faces_tfds.py` and the export to the official ImageFolder layout
+(`train/<domain>/*.png`, `val/<domain>/*.png`) in `synthetic_faces_folders.py`;
+this module imports neither TensorFlow nor tfds.
 """
 
 from __future__ import annotations
 
 import colorsys
 import dataclasses
-import json
 import math
-import pathlib
-import shutil
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -84,6 +83,8 @@ for _names in DOMAINS.values():
   assert list(_names) == sorted(_names), _names
 
 SPLITS = ('train', 'val')
+# Data set version: the tfds builder's VERSION and the folder export's record.
+VERSION = '1.0.0'
 _SPLIT_IDS = {'train': 0, 'val': 1}
 
 # Fixed colours (RGB, 0-255).
@@ -518,7 +519,8 @@ def _supersample(size: int) -> int:
   return 4 if size <= 128 else 2
 
 
-def _check_size(image_size: int) -> None:
+def check_image_size(image_size: int) -> None:
+  """Raises ValueError unless `image_size` is an integer in [16, 512]."""
   if not isinstance(image_size, (int, np.integer)) or not (
       16 <= image_size <= 512):
     raise ValueError(f'image_size must be an integer in [16, 512], got '
@@ -537,7 +539,7 @@ def render_face(identity: Sequence[float], attributes: Mapping[str, int],
   Returns:
     uint8 [image_size, image_size, 3].
   """
-  _check_size(image_size)
+  check_image_size(image_size)
   missing = [a for a in ATTRIBUTES if a not in attributes]
   if missing:
     raise ValueError(f'attributes lack {missing}; expected keys {ATTRIBUTES}')
@@ -558,7 +560,7 @@ def attribute_region_mask(identity: Sequence[float], attribute: str,
   Returns:
     float32 [image_size, image_size] in {0, 1}; 1 = inside the region.
   """
-  _check_size(image_size)
+  check_image_size(image_size)
   check_attribute(attribute)
   attrs = {a: 0 for a in ATTRIBUTES}
   img = _draw(identity, attrs, image_size, _supersample(image_size),
@@ -579,7 +581,7 @@ def generate_arrays(num: int, image_size: int = 64, seed: int = 0,
      attribute}.
   """
   _check_split(split)
-  _check_size(image_size)
+  check_image_size(image_size)
   if num < 0:
     raise ValueError(f'num must be >= 0, got {num}')
   images = np.zeros((num, image_size, image_size, 3), np.uint8)
@@ -607,9 +609,9 @@ def generate_counterfactuals(num: int, image_size: int, seed: int,
   The exact counterfactual of each face: same identity vector and other
   attributes, the attribute's value inverted. Returns uint8 [N, S, S, 3].
   """
-  _check_attribute(attribute)
+  check_attribute(attribute)
   _check_split(split)
-  _check_size(image_size)
+  check_image_size(image_size)
   out = np.zeros((num, image_size, image_size, 3), np.uint8)
   for k in range(num):
     ident, attrs = sample_face(seed, split, start + k)
@@ -629,7 +631,7 @@ def preserved_targets(arrays: Mapping[str, np.ndarray],
   Returns:
     float32 [N, IDENTITY_DIM + len(ATTRIBUTES) - 1].
   """
-  _check_attribute(attribute)
+  check_attribute(attribute)
   others = [arrays[a] for a in ATTRIBUTES if a != attribute]
   return np.concatenate(
       [np.asarray(arrays['identity'], np.float32),
@@ -641,193 +643,3 @@ def region_masks(identity: np.ndarray, attribute: str, image_size: int,
   """Batched `attribute_region_mask`: identity [N, D] -> float32 [N, S, S]."""
   return np.stack([attribute_region_mask(v, attribute, image_size, dilate_px)
                    for v in np.asarray(identity)])
-
-
-# ----------------------------------------------------------------------------
-# tensorflow-datasets builder.
-
-import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-@dataclasses.dataclass(eq=False)
-class SyntheticFacesConfig(tfds.core.BuilderConfig):
-  """Size and seed of a generated-faces data set."""
-  image_size: int = 64   # output side, pixels
-  num_train: int = 2000  # examples in the 'train' split
-  num_val: int = 200     # examples in the 'val' split
-  seed: int = 0          # data set seed; same seed -> identical data
-
-
-def make_config(image_size: int = 64, num_train: int = 2000,
-                num_val: int = 200, seed: int = 0) -> SyntheticFacesConfig:
-  """A config whose name encodes all its values (one cache dir per setting)."""
-  _check_size(image_size)
-  for name, v in (('num_train', num_train), ('num_val', num_val)):
-    if v < 1:
-      raise ValueError(f'{name} must be >= 1, got {v}')
-  return SyntheticFacesConfig(
-      name=f'{image_size}px_{num_train}x{num_val}_seed{seed}',
-      description=f'{image_size}px faces, {num_train} train / {num_val} val, '
-                  f'seed {seed}',
-      image_size=image_size, num_train=num_train, num_val=num_val, seed=seed)
-
-
-class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
-  """Procedurally rendered faces with identity vectors and binary attributes.
-
-  Nothing is downloaded: `_split_generators` returns the generators directly.
-  Custom sizes: `SyntheticFaces(config=make_config(32, 500, 100, seed=3),
-  data_dir=...)`.
-  """
-
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
-  BUILDER_CONFIGS = [
-      SyntheticFacesConfig(name='64px', description='64 px, 2000/200',
-                           image_size=64),
-      SyntheticFacesConfig(name='32px', description='32 px, 2000/200',
-                           image_size=32),
-      SyntheticFacesConfig(name='128px', description='128 px, 4000/400',
-                           image_size=128, num_train=4000, num_val=400),
-      SyntheticFacesConfig(name='256px', description='256 px, 4000/400',
-                           image_size=256, num_train=4000, num_val=400),
-  ]
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    s = self.builder_config.image_size
-    features = {
-        'image': tfds.features.Image(shape=(s, s, 3)),
-        'identity': tfds.features.Tensor(shape=(IDENTITY_DIM,),
-                                         dtype=np.float32),
-        'params': tfds.features.FeaturesDict(
-            {n: tfds.features.Scalar(dtype=np.float32)
-             for n in IDENTITY_NAMES}),
-        'hair_style': tfds.features.ClassLabel(names=list(HAIR_STYLES)),
-        'index': tfds.features.Scalar(dtype=np.int64),
-    }
-    for a in ATTRIBUTES:
-      features[a] = tfds.features.ClassLabel(names=list(DOMAINS[a]))
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__.split('\n\n')[0],
-        features=tfds.features.FeaturesDict(features),
-        supervised_keys=('image', 'smiling'),
-        metadata=tfds.core.MetadataDict(
-            identity_names=list(IDENTITY_NAMES), seed=self.builder_config.seed,
-            domains={a: list(d) for a, d in DOMAINS.items()}),
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download.
-    cfg = self.builder_config
-    return {'train': self._generate_examples('train', cfg.num_train),
-            'val': self._generate_examples('val', cfg.num_val)}
-
-  def _generate_examples(self, split: str, num: int):
-    cfg = self.builder_config
-    for index in range(num):
-      identity, attrs = sample_face(cfg.seed, split, index)
-      ex = {
-          'image': render_face(identity, attrs, cfg.image_size),
-          'identity': identity,
-          'params': identity_dict(identity),
-          'hair_style': hair_style_index(identity),
-          'index': index,
-      }
-      ex.update(attrs)
-      yield index, ex
-
-
-def load_split(data_dir: str, split: str = 'train', image_size: int = 64,
-               num_train: int = 2000, num_val: int = 200, seed: int = 0
-               ) -> dict[str, np.ndarray]:
-  """Builds (if needed) and reads one split into numpy arrays, sorted by index."""
-  builder = SyntheticFaces(config=make_config(image_size, num_train, num_val,
-                                              seed), data_dir=data_dir)
-  builder.download_and_prepare()
-  ds = builder.as_dataset(split=split, shuffle_files=False)
-  rows = list(tfds.as_numpy(ds))
-  rows.sort(key=lambda r: int(r['index']))
-  out = {k: np.stack([r[k] for r in rows])
-         for k in ('image', 'identity', 'hair_style', 'index') + ATTRIBUTES}
-  return out
-
-
-# ----------------------------------------------------------------------------
-# Export to the official folder layout.
-
-
-def export_folder_layout(root: str | pathlib.Path, attribute: str = 'smiling',
-                         image_size: int = 64, num_train: int = 2000,
-                         num_val: int = 200, seed: int = 0,
-                         overwrite: bool = False, progress=None
-                         ) -> dict[str, Any]:
-  """Writes `root/{train,val}/<domain>/<index>.png` for one attribute.
-
-  Domains are DOMAINS[attribute] (sorted, label 0 = attribute absent). Next
-  to the split folders, `root/features_<split>.npz` holds, per written file,
-  its relative path (`path`), the identity vector and every attribute, so metrics can
-  rebuild region masks and identity targets; `root/synthetic_faces.json`
-  records the generation settings. The files are the same pixels the tfds
-  builder stores for the same seed.
-
-  Args:
-    root: output directory (created).
-    attribute: which attribute defines the domains.
-    image_size, num_train, num_val, seed: generation settings.
-    overwrite: replace an existing non-empty `root`.
-    progress: optional callable(message) for progress lines.
-
-  Returns:
-    {'root', 'domains', 'counts': {split: {domain: n}}}.
-  """
-  check_attribute(attribute)
-  root = pathlib.Path(root)
-  settings = dict(attribute=attribute, image_size=int(image_size),
-                  num_train=int(num_train), num_val=int(num_val),
-                  seed=int(seed), version=str(SyntheticFaces.VERSION))
-  meta_path = root / 'synthetic_faces.json'
-  if root.exists() and any(root.iterdir()):
-    if meta_path.is_file() and json.loads(meta_path.read_text()) == settings:
-      counts = json.loads((root / 'counts.json').read_text())
-      return {'root': str(root), 'domains': list(DOMAINS[attribute]),
-              'counts': counts, 'reused': True}
-    if not overwrite:
-      raise FileExistsError(
-          f'{root}: exists, is not empty and was not written with these '
-          f'settings ({settings}); pass overwrite=True (--overwrite) to '
-          'replace it')
-    shutil.rmtree(root)
-  counts = {}
-  for split, num in (('train', num_train), ('val', num_val)):
-    data = generate_arrays(num, image_size, seed, split)
-    counts[split] = {d: 0 for d in DOMAINS[attribute]}
-    files = []
-    for d in DOMAINS[attribute]:
-      (root / split / d).mkdir(parents=True, exist_ok=True)
-    for k in range(num):
-      domain = DOMAINS[attribute][data[attribute][k]]
-      rel = f'{split}/{domain}/{int(data["index"][k]):06d}.png'
-      Image.fromarray(data['image'][k]).save(root / rel)
-      files.append(rel)
-      counts[split][domain] += 1
-    np.savez(root / f'features_{split}.npz', path=np.array(files),
-             identity=data['identity'], hair_style=data['hair_style'],
-             index=data['index'], **{a: data[a] for a in ATTRIBUTES})
-    if progress is not None:
-      progress(f'{split}: wrote {num} images to {root / split} '
-               f'({counts[split]})')
-  (root / 'counts.json').write_text(json.dumps(counts))
-  meta_path.write_text(json.dumps(settings))
-  return {'root': str(root), 'domains': list(DOMAINS[attribute]),
-          'counts': counts, 'reused': False}
-
-
-def load_features(root: str | pathlib.Path, split: str) -> dict[str, np.ndarray]:
-  """Reads `root/features_<split>.npz` written by `export_folder_layout`."""
-  path = pathlib.Path(root) / f'features_{split}.npz'
-  if not path.is_file():
-    raise FileNotFoundError(f'{path}: no feature file; was {root} written by '
-                            'export_folder_layout?')
-  with np.load(path) as f:
-    return {k: f[k] for k in f.files}
