@@ -117,19 +117,27 @@ def _saved_steps(tmp_path, steps=(1, 2, 3)):
   return mngr, state
 
 
-def _corrupt_largest(step_dir):
-  files = sorted((p for p in step_dir.rglob('*') if p.is_file()
-                  and '/d/' in p.as_posix()), key=lambda p: p.stat().st_size)
-  data = bytearray(files[-1].read_bytes())
-  for i in range(len(data) // 2, len(data)):
-    data[i] ^= 0x55
-  files[-1].write_bytes(bytes(data))
+def _corrupt_data_files(step_dir):
+  """Flips the second half of every OCDBT data file of a checkpoint.
+
+  Several data files of equal size exist (the per-process store and the
+  merged one), and which one restore reads depends on the layout; damaging
+  all of them makes the checkpoint damaged whatever orbax reads.
+  """
+  files = [p for p in step_dir.rglob('*') if p.is_file()
+           and '/d/' in p.as_posix()]
+  assert files, f'no OCDBT data files under {step_dir}'
+  for f in files:
+    data = bytearray(f.read_bytes())
+    for i in range(len(data) // 2, len(data)):
+      data[i] ^= 0x55
+    f.write_bytes(bytes(data))
 
 
 def test_restore_latest_falls_back_past_damaged_checkpoints(tmp_path):
   mngr, _ = _saved_steps(tmp_path)
   mngr.close()
-  _corrupt_largest(tmp_path / 'ckpt' / '3')
+  _corrupt_data_files(tmp_path / 'ckpt' / '3')
   mngr = checkpointing.make_manager(tmp_path / 'ckpt', save_every=1, keep=5)
   rep = parallel.replicated_sharding(parallel.make_mesh(1))
   state, meta = checkpointing.restore_latest(mngr, jax.eval_shape(_init), rep)
