@@ -126,7 +126,8 @@ def test_edit_warns_for_generated_face_models_and_large_inputs(tmp_path,
 
   def run(model, inputs):
     rc = edit.main(['--checkpoint', str(model), '--input', str(inputs),
-                    '--target', 'smile', '--out', str(tmp_path / 'out')])
+                    '--target', 'smile', '--out', str(tmp_path / 'out'),
+                    '--overwrite'])
     assert rc == 0
     return capsys.readouterr().err
 

@@ -77,7 +77,7 @@ def test_usage_errors(nets, tmp_path, capsys):
       (photo, ['--align', '--detector', str(tmp_path / 'none.pth')],
        '--detector: '),
       (photo, ['--align', '--detector', str(photo)],
-       'not a loadable torch checkpoint'),
+       'not a PyTorch checkpoint'),
       (broken, ['--align', '--detector', str(det), '--strict'],
        '1 unreadable image(s) (--strict)'),
   ]
