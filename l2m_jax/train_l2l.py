@@ -56,6 +56,7 @@ import optax
 from l2m_jax import checkpointing
 from l2m_jax import image_io
 from l2m_jax import l2l_losses
+from l2m_jax import latent_editing
 from l2m_jax import parallel
 from l2m_jax import training
 from l2m_jax.convert import mapper as mapper_convert
@@ -75,16 +76,7 @@ BEST_EXPORT_DIR = 'mapper_best'
 
 # Mapper conditioning order for the 40-attribute classifier: the CelebA
 # order of the boundaries file, which scripts/edit_latent.py --delta uses.
-CELEBA_ATTRIBUTES = (
-    '5_o_clock_shadow', 'arched_eyebrows', 'attractive', 'bags_under_eyes',
-    'bald', 'bangs', 'big_lips', 'big_nose', 'black_hair', 'blond_hair',
-    'blurry', 'brown_hair', 'bushy_eyebrows', 'chubby', 'double_chin',
-    'eyeglasses', 'goatee', 'gray_hair', 'heavy_makeup', 'high_cheekbones',
-    'male', 'mouth_slightly_open', 'mustache', 'narrow_eyes', 'no_beard',
-    'oval_face', 'pale_skin', 'pointy_nose', 'receding_hairline',
-    'rosy_cheeks', 'sideburns', 'smiling', 'straight_hair', 'wavy_hair',
-    'wearing_earrings', 'wearing_hat', 'wearing_lipstick',
-    'wearing_necklace', 'wearing_necktie', 'young')
+CELEBA_ATTRIBUTES = latent_editing.CELEBA_ATTRIBUTES
 
 
 class TrainState(flax_train_state.TrainState):
