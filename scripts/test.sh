@@ -18,7 +18,11 @@ if ! cmp -s requirements-nodeps.txt "$test_deps/.installed-requirements"; then
 fi
 export PYTHONPATH="$test_deps${PYTHONPATH:+:$PYTHONPATH}"
 set +e
-python3 -m pytest -q -m "not slow" "$@"
+# Two workers (pytest-xdist) keep both cores busy: one compiles while the other
+# runs; tests/conftest.py groups the modules that share expensive fixtures.
+# L2M_TEST_WORKERS=0 runs everything in this process.
+python3 -m pytest -q -m "not slow" -n "${L2M_TEST_WORKERS:-2}" \
+  --dist loadgroup --no-loadscope-reorder "$@"
 rc=$?
 set -e
 # pytest exits 5 when no test was collected (e.g. a -k filter that matches nothing).

@@ -21,9 +21,16 @@ import pytest  # pylint: disable=g-import-not-at-top
 
 jax.config.update('jax_num_cpu_devices', 4)
 
-# Compiled programs are cached on disk for the session only.
-COMPILATION_CACHE = tempfile.mkdtemp(prefix='l2m_jax_test_xla_cache_')
-atexit.register(shutil.rmtree, COMPILATION_CACHE, ignore_errors=True)
+# Compiled programs are cached on disk for the session only. With
+# pytest-xdist the controller creates the folder and its workers inherit it
+# through the environment, so they share compiled programs.
+_CACHE_ENV = 'L2M_TEST_XLA_CACHE'
+if os.environ.get(_CACHE_ENV):
+  COMPILATION_CACHE = os.environ[_CACHE_ENV]
+else:
+  COMPILATION_CACHE = tempfile.mkdtemp(prefix='l2m_jax_test_xla_cache_')
+  os.environ[_CACHE_ENV] = COMPILATION_CACHE
+  atexit.register(shutil.rmtree, COMPILATION_CACHE, ignore_errors=True)
 MIN_CACHED_COMPILE_SECS = 1.0
 jax.config.update('jax_compilation_cache_dir', COMPILATION_CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs',
@@ -128,3 +135,45 @@ def tiny_run(tmp_path_factory):
   return types.SimpleNamespace(
       root=root, data=data, weights=weights, config=config, workdir=workdir,
       state=parallel.unreplicate_to_host(state))
+
+
+# Parallel runs (pytest-xdist, `--dist loadgroup`, as scripts/test.sh runs
+# the suite): each test module runs on one worker, so its module fixtures are
+# built once; modules that share an expensive session fixture (the tiny
+# training run, the converted photo networks) run on the same worker, and the
+# heaviest groups are handed out first.
+_SHARED_GROUPS = (
+    ('tiny_run', lambda module, names: 'tiny_run' in names),
+    ('photo_nets', lambda module, names: any(
+        getattr(v, '__name__', '') == 'tests.photo_checkpoints'
+        for v in vars(module).values())),
+)
+_FIRST_GROUPS = ('tiny_run', 'photo_nets')
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  if not config.pluginmanager.hasplugin('xdist'):
+    return
+  uses = {}
+  for item in items:
+    module = getattr(item, 'module', None)
+    if module is None:
+      continue
+    names = uses.setdefault(module, set())
+    names.update(getattr(item, 'fixturenames', ()))
+  group_of = {}
+  for module, names in uses.items():
+    group_of[module] = next(
+        (g for g, used in _SHARED_GROUPS if used(module, names)),
+        module.__name__)
+  for item in items:
+    module = getattr(item, 'module', None)
+    if module is not None:
+      item.add_marker(pytest.mark.xdist_group(group_of[module]))
+
+  def rank(item):
+    g = group_of.get(getattr(item, 'module', None))
+    return _FIRST_GROUPS.index(g) if g in _FIRST_GROUPS else len(
+        _FIRST_GROUPS)
+  items.sort(key=rank)  # stable: the order within a group is kept
