@@ -23,8 +23,9 @@ EXPORT_FORMAT = 'l2m_gan'
 
 
 def export_ema(out_dir: str | os.PathLike, state_ema: Mapping[str, Any],
-               frozen: Mapping[str, Any], model_config: l2m_models.L2MModelConfig,
-               step: int, workdir: str) -> None:
+               frozen: Mapping[str, Any],
+               model_config: l2m_models.L2MModelConfig, step: int,
+               workdir: str) -> None:
   """EMA-only params in the converted format 'l2m_gan' (docs/architecture.md).
 
   scripts/edit.py and scripts/evaluate.py load it with

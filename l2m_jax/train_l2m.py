@@ -1,4 +1,4 @@
-"""L2M-GAN training: train state, per-device step, sampling, the train loop.
+"""L2M-GAN training: train state, per-device step, the train loop.
 
 Procedure (docs/method.md#l2m-training, docs/method.md#l2m-losses; StarGAN v2
 `core/solver.py` `train`, `compute_d_loss`, `compute_g_loss`, `moving_average`,
@@ -25,6 +25,11 @@ losses, R1 and instance norms are local to each device's batch shard and the
 gradients and metrics are averaged with `lax.pmean` over 'data', which is
 PyTorch DDP's semantics and makes N devices equal one device on the same
 global batch (tested).
+
+The edit G(x, s_u + s_r_hat) of the step is composed by l2m_jax/editing.py;
+the frozen networks are loaded by l2m_frozen.py, the EMA export is
+l2m_export.py, the sample grids and the periodic FID are l2m_hooks.py, and
+the loop shared with Latent-To-Latent is training.py.
 """
 
 from __future__ import annotations
