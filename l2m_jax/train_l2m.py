@@ -284,7 +284,7 @@ def train_step(state: L2MTrainState, batch: Mapping[str, jax.Array],
                              {'params': e_params}, img, y, y_trg, masks)
 
   # ---- discriminator ----
-  x_fake_d, _ = edit(state.generator.params, state.style_encoder.params, x)
+  x_fake_d = edit(state.generator.params, state.style_encoder.params, x)[0]
   d_grads, d_metrics = discriminator_grads(
       state.discriminator.params, state.step, x, y,
       jax.lax.stop_gradient(x_fake_d), y_trg, disc=disc, config=config)
