@@ -189,4 +189,3 @@ def host_batch(config, data: Data, step: int) -> dict[str, np.ndarray]:
       rows[sel] = perm[index[sel] % n]
     batch['w'] = data.train[rows]
   return batch
-

@@ -133,4 +133,3 @@ def make_sample_fn(nets: l2l_networks.Networks, config):
                                ws.reshape((-1,) + w.shape[1:]))
     return imgs.reshape(ws.shape[:2] + imgs.shape[1:])
   return jax.jit(fn)
-

@@ -61,4 +61,3 @@ def best_so_far(workdir: str) -> float:
     return float(meta.get('eval_loss', np.inf))
   except (OSError, ValueError):
     return float('inf')
-

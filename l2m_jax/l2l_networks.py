@@ -394,4 +394,3 @@ def sample_latents(nets: Networks, g_vars: Any, key: jax.Array,
     t = jnp.asarray(g_vars['constants']['latent_avg'], jnp.float32)[0]
     w = t + truncation * (w - t)
   return jnp.broadcast_to(w[:, None], (w.shape[0], g.n_latent, g.style_dim))
-

@@ -143,4 +143,3 @@ def paper_losses(params: Any, frozen: Mapping[str, Any], w: jax.Array,
     aux['id_sim'] = jnp.sum(emb[:b] * jax.lax.stop_gradient(emb[b:]), -1)
   total = sum(wt[n] * v for n, v in terms.items())
   return total, {**terms, 'loss': total}, aux
-

@@ -21,7 +21,6 @@ from l2m_jax.models import l2m as l2m_models
 EXPORT_FORMAT = 'l2m_gan'
 
 
-
 def export_ema(out_dir: str | os.PathLike, state_ema: Mapping[str, Any],
                frozen: Mapping[str, Any],
                model_config: l2m_models.L2MModelConfig, step: int,

@@ -53,7 +53,6 @@ def sample_grid(x: np.ndarray, edits: np.ndarray) -> np.ndarray:
   return image_io.make_grid(np.clip(rows, -1, 1))
 
 
-
 class SampleSaver:
   """Writes the degree-sweep grid of the EMA networks (main process only).
 
