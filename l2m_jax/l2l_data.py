@@ -27,7 +27,7 @@ from l2m_jax import l2l_networks
 from l2m_jax import parallel
 
 
-INVERTED_CACHE = 'inverted_latents.npy'
+INVERTED_CACHE = 'inverted_latents.npy'  # in the workdir ('inverted' source)
 
 
 def _split(n: int, config) -> tuple[np.ndarray, np.ndarray]:

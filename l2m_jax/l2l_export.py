@@ -20,10 +20,8 @@ from l2m_jax.convert import torch_to_flax as t2f
 from l2m_jax.models import mapper as mapper_lib
 
 
-EXPORT_DIR = 'mapper_export'
-
-
-BEST_EXPORT_DIR = 'mapper_best'
+EXPORT_DIR = 'mapper_export'  # the latest mapper
+BEST_EXPORT_DIR = 'mapper_best'  # the one with the lowest eval loss
 
 
 def export_mapper(out_dir: str, params: Any, nets: l2l_networks.Networks,

@@ -30,11 +30,7 @@ from l2m_jax.models import stylegan2
 from l2m_jax.models import tiny_frozen
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-
 MODES = ('legacy', 'paper')
-
-
 DATA_SOURCES = ('sampled', 'inverted', 'latents')
 
 
