@@ -14,6 +14,12 @@ G. Yang et al., "L2M-GAN", CVPR 2021; the official evaluation's edit
 argument). With 'landmarks' (a `l2m_jax.models.landmarks.LandmarkNet`
 trained on generated faces) the masks come from it instead of the FAN.
 
+This module is the one place where the edit is composed: `style_codes`,
+`edited_style` and the un-jitted `edit_core` / `sweep_core` serve the
+jitted `edit` / `edit_sweep` here, the training step (the training edit
+s_hat = s_u + s_r_hat, docs/method.md#l2m-training) and the sample grids of
+a training run.
+
 `input_warnings` says when images do not look like what a checkpoint was
 trained on (scripts/edit.py prints them).
 """
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,22 +62,107 @@ def _check(variables: Mapping[str, Any], images: jax.Array,
                      f'this model (img_size {s}), got {tuple(images.shape)}')
 
 
-def styles_and_masks(variables: Mapping[str, Any], images: jax.Array,
+class StyleCodes(NamedTuple):
+  """The four codes of the style encoder (docs/method.md#l2m-style-codes).
+
+  Each [N, style_dim] float32; the upstream names are (s, s1, s2, s3).
+  """
+  s: jax.Array  # E_y(x), from the head of the source domain y
+  s_u: jax.Array  # P(s), the attribute-irrelevant code (`transform1`)
+  s_r: jax.Array  # s - s_u, the attribute-relevant code
+  s_r_hat: jax.Array  # T_y'(s_r), the edited relevant code (`transform2[y']`)
+
+
+def style_codes(style_encoder: Any, encoder_variables: Mapping[str, Any],
+                images: jax.Array, source_domain: jax.Array,
+                target_domain: jax.Array) -> StyleCodes:
+  """E(x, y, y'): (s, s_u, s_r, s_r_hat) of `images` (un-jitted)."""
+  return StyleCodes(*style_encoder.apply(encoder_variables, images,
+                                         source_domain, target_domain))
+
+
+def edited_style(codes: StyleCodes, degree: Any = None) -> jax.Array:
+  """The edited style code s_hat (docs/method.md#l2m-edit).
+
+  Args:
+    codes: the style codes of the sources.
+    degree: None for the training edit s_hat = s_u + s_r_hat
+      (docs/method.md#l2m-training); otherwise the edit strength a (scalar
+      or [N, 1]) of s_hat(a) = s + a * (s_r_hat - s_r), the official
+      evaluation's edit (a = 1 equals s_u + s_r_hat up to round-off).
+  """
+  if degree is None:
+    return codes.s_u + codes.s_r_hat
+  return codes.s + degree * (codes.s_r_hat - codes.s_r)
+
+
+def edit_core(generator: Any, style_encoder: Any,
+              generator_variables: Mapping[str, Any],
+              encoder_variables: Mapping[str, Any], images: jax.Array,
+              source_domain: jax.Array, target_domain: jax.Array,
+              masks: Any, degree: Any = None
+              ) -> tuple[jax.Array, StyleCodes, jax.Array]:
+  """One edit, un-jitted: the train step and `edit` call it.
+
+  Args:
+    generator, style_encoder: the linen modules.
+    generator_variables, encoder_variables: their variables.
+    images: [N, S, S, 3] in [-1, 1].
+    source_domain, target_domain: [N] int labels (y, y').
+    masks: the landmark masks of `images` (or None without w_hpf).
+    degree: as in `edited_style` (None: the training edit).
+
+  Returns:
+    (x_hat [N, S, S, 3] not clamped, the style codes, s_hat).
+  """
+  codes = style_codes(style_encoder, encoder_variables, images,
+                      source_domain, target_domain)
+  s_hat = edited_style(codes, degree)
+  x_hat = generator.apply(generator_variables, images, s_hat, masks)
+  return x_hat, codes, s_hat
+
+
+def sweep_core(generator: Any, style_encoder: Any,
+               generator_variables: Mapping[str, Any],
+               encoder_variables: Mapping[str, Any], images: jax.Array,
+               source_domain: jax.Array, target_domain: jax.Array,
+               masks: Any, degrees: Any) -> jax.Array:
+  """Edits at several degrees, un-jitted; the codes are computed once.
+
+  Args:
+    degrees: [D] edit strengths.
+    (other arguments as in `edit_core`)
+
+  Returns:
+    [D, N, S, S, 3]: out[d] is the edit at degrees[d] (not clamped).
+  """
+  codes = style_codes(style_encoder, encoder_variables, images,
+                      source_domain, target_domain)
+  delta = codes.s_r_hat - codes.s_r
+  # s_hat(a) = s + a * (s_r_hat - s_r) with the difference taken once;
+  # `edited_style` is the same formula for one degree.
+
+  def one(a):
+    return generator.apply(generator_variables, images, codes.s + a * delta,
+                           masks)
+
+  return jax.lax.map(one, jnp.asarray(degrees, jnp.float32).reshape(-1))
+
+
+def labels_and_masks(variables: Mapping[str, Any], images: jax.Array,
                      source_domain: Any, target_domain: Any, *,
                      config: l2m_models.L2MModelConfig,
                      dtype: Any = jnp.float32):
-  """Everything of the edit except the generator pass.
+  """The labels and the masks of a checkpoint edit (checked inputs).
 
   Returns:
-    (s, s_r, s_r_hat, masks): codes [N, style_dim] and masks (m1, m2) each
+    (y, y', masks): labels [N] int32 and masks (m1, m2) each
     [N, 256, 256, 1], or None when config.w_hpf == 0.
   """
   _check(variables, images, config)
   n = images.shape[0]
   y = _labels(source_domain, n, 'source_domain')
-  y1 = _labels(target_domain, n, 'target_domain')
-  _, enc = l2m_models.build_models(config, dtype)
-  s, _, s2, s3 = enc.apply(variables['style_encoder'], images, y, y1)
+  y_trg = _labels(target_domain, n, 'target_domain')
   masks = None
   if config.w_hpf > 0 and 'landmarks' in variables:
     from l2m_jax.models import landmarks  # pylint: disable=g-import-not-at-top
@@ -80,7 +171,7 @@ def styles_and_masks(variables: Mapping[str, Any], images: jax.Array,
   elif config.w_hpf > 0:
     from l2m_jax.models import fan  # pylint: disable=g-import-not-at-top
     masks = fan.get_masks(variables['fan'], images, dtype=dtype)
-  return s, s2, s3, masks
+  return y, y_trg, masks
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'dtype'))
@@ -104,14 +195,15 @@ def edit(variables: Mapping[str, Any], images: jax.Array, source_domain: Any,
     [N, S, S, 3] float32 edited images, not clamped.
   """
   images = jnp.asarray(images, jnp.float32)
-  s, s2, s3, masks = styles_and_masks(variables, images, source_domain,
-                                      target_domain, config=config,
-                                      dtype=dtype)
+  y, y_trg, masks = labels_and_masks(variables, images, source_domain,
+                                     target_domain, config=config,
+                                     dtype=dtype)
   a = jnp.asarray(degree, jnp.float32)
   a = a[:, None] if a.ndim == 1 else a
-  s_hat = s + a * (s3 - s2)  # s_hat(a), docs/method.md#l2m-edit
-  gen, _ = l2m_models.build_models(config, dtype)
-  return gen.apply(variables['generator'], images, s_hat, masks)
+  gen, enc = l2m_models.build_models(config, dtype)
+  return edit_core(gen, enc, variables['generator'],
+                   variables['style_encoder'], images, y, y_trg, masks,
+                   degree=a)[0]
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'dtype'))
@@ -129,16 +221,13 @@ def edit_sweep(variables: Mapping[str, Any], images: jax.Array,
     [D, N, S, S, 3] float32: out[d] == edit(..., degrees[d]).
   """
   images = jnp.asarray(images, jnp.float32)
-  s, s2, s3, masks = styles_and_masks(variables, images, source_domain,
-                                      target_domain, config=config,
-                                      dtype=dtype)
-  gen, _ = l2m_models.build_models(config, dtype)
-  delta = s3 - s2
-
-  def one(a):
-    return gen.apply(variables['generator'], images, s + a * delta, masks)
-
-  return jax.lax.map(one, jnp.asarray(degrees, jnp.float32).reshape(-1))
+  y, y_trg, masks = labels_and_masks(variables, images, source_domain,
+                                     target_domain, config=config,
+                                     dtype=dtype)
+  gen, enc = l2m_models.build_models(config, dtype)
+  return sweep_core(gen, enc, variables['generator'],
+                    variables['style_encoder'], images, y, y_trg, masks,
+                    degrees)
 
 
 # Inputs more than this many times the model's side are "far larger".

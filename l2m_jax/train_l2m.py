@@ -1,4 +1,4 @@
-"""L2M-GAN training: train state, per-device step, sampling, the train loop.
+"""L2M-GAN training: train state, per-device step, the train loop.
 
 Procedure (docs/method.md#l2m-training, docs/method.md#l2m-losses; StarGAN v2
 `core/solver.py` `train`, `compute_d_loss`, `compute_g_loss`, `moving_average`,
@@ -25,6 +25,11 @@ losses, R1 and instance norms are local to each device's batch shard and the
 gradients and metrics are averaged with `lax.pmean` over 'data', which is
 PyTorch DDP's semantics and makes N devices equal one device on the same
 global batch (tested).
+
+The edit G(x, s_u + s_r_hat) of the step is composed by l2m_jax/editing.py;
+the frozen networks are loaded by l2m_frozen.py, the EMA export is
+l2m_export.py, the sample grids and the periodic FID are l2m_hooks.py, and
+the loop shared with Latent-To-Latent is training.py.
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ import dataclasses
 import functools
 import os
 import pathlib
-import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from absl import logging
@@ -46,12 +50,13 @@ import numpy as np
 import optax
 
 from l2m_jax import checkpointing
-from l2m_jax import image_io
+from l2m_jax import editing
+from l2m_jax import l2m_export
+from l2m_jax import l2m_frozen
+from l2m_jax import l2m_hooks
 from l2m_jax import losses
 from l2m_jax import parallel
 from l2m_jax import training
-from l2m_jax.convert import torch_to_flax as t2f
-from l2m_jax.models import fan as fan_lib
 from l2m_jax.models import l2m as l2m_models
 from l2m_jax.models import landmarks as landmarks_lib
 from l2m_jax.models import preservation as preservation_lib
@@ -61,7 +66,6 @@ if TYPE_CHECKING:  # annotations only: the step needs no ml_collections
   import ml_collections  # pylint: disable=g-bad-import-order
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-EXPORT_FORMAT = 'l2m_gan'
 
 
 class TrainState(flax_train_state.TrainState):
@@ -200,75 +204,6 @@ def create_train_state(config: ml_collections.ConfigDict, models: Models,
       ema={'generator': g, 'style_encoder': e})
 
 
-def _loud_warning(what: str, why: str):
-  logging.warning('!' * 72)
-  logging.warning('!!! %s: %s', what, why)
-  logging.warning('!!! It is RANDOM: results of this run are meaningless for '
-                  'anything but testing the code.')
-  logging.warning('!' * 72)
-
-
-def load_frozen(config: ml_collections.ConfigDict, rng: jax.Array
-                ) -> dict[str, Any]:
-  """The frozen networks: {'fan': variables} if w_hpf > 0, {'vgg': ...} if used.
-
-  Sources, in order: `config.l2m_checkpoint` (a converted nets_ema: its
-  `fan` and `vgg` entries), `config.fan_checkpoint` (converted wing.ckpt),
-  `config.vgg_checkpoint` (converted ResNet-18: {'params', 'batch_stats'} at
-  the top level or under 'vgg'). Missing ones are random, with a loud
-  warning. Networks trained on the generated faces (`l2m_jax.face_priors`):
-  `config.landmark_checkpoint` gives {'landmarks': ...} in place of the FAN,
-  and preservation='synthetic_faces' needs `config.preservation_checkpoint`
-  ({'preservation': ...}).
-  """
-  frozen = {}
-  need_fan = float(config.w_hpf) > 0
-  need_vgg = config.preservation == 'resnet18' and float(config.lambda_id) > 0
-  if config.preservation not in ('resnet18', 'none', 'synthetic_faces'):
-    raise ValueError(f"preservation={config.preservation!r}: expected "
-                     "'resnet18', 'synthetic_faces' or 'none'")
-  if (config.preservation == 'synthetic_faces' and
-      float(config.lambda_id) > 0):
-    from l2m_jax import face_priors  # pylint: disable=g-import-not-at-top
-    if not config.get('preservation_checkpoint'):
-      raise ValueError("preservation_checkpoint is empty: preservation="
-                       "'synthetic_faces' needs a PreservationNet trained by "
-                       'l2m_jax.face_priors')
-    frozen['preservation'], _ = face_priors.load(
-        config.preservation_checkpoint, preservation_lib.FORMAT)
-  if need_fan and config.get('landmark_checkpoint'):
-    from l2m_jax import face_priors  # pylint: disable=g-import-not-at-top
-    frozen['landmarks'], _ = face_priors.load(config.landmark_checkpoint,
-                                              landmarks_lib.FORMAT)
-    need_fan = False
-  l2m_vars = {}
-  if config.l2m_checkpoint:
-    from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
-    l2m_vars, _ = l2m_convert.load_l2m_checkpoint(config.l2m_checkpoint)
-  if need_fan:
-    if 'fan' in l2m_vars:
-      frozen['fan'] = l2m_vars['fan']
-    elif config.fan_checkpoint:
-      from l2m_jax.convert import fan as fan_convert  # pylint: disable=g-import-not-at-top
-      frozen['fan'], _ = fan_convert.load_fan(config.fan_checkpoint)
-    else:
-      _loud_warning('FAN landmark network', 'no fan_checkpoint or '
-                    'l2m_checkpoint given; the masks come from random weights')
-      frozen['fan'] = fan_lib.init_variables(jax.random.fold_in(rng, 0))
-  if need_vgg:
-    if 'vgg' in l2m_vars:
-      frozen['vgg'] = l2m_vars['vgg']
-    elif config.vgg_checkpoint:
-      v, _ = t2f.load_converted(config.vgg_checkpoint)
-      frozen['vgg'] = v.get('vgg', v)
-    else:
-      _loud_warning('ResNet-18 preservation network', 'no vgg_checkpoint or '
-                    'l2m_checkpoint given')
-      frozen['vgg'] = jax.jit(resnet.ResNet18Features().init)(
-          jax.random.fold_in(rng, 1), jnp.zeros((1, 32, 32, 3)))
-  return jax.tree.map(jnp.asarray, frozen)
-
-
 # ---------------------------------------------------------------------------
 # The per-device train step
 # ---------------------------------------------------------------------------
@@ -344,13 +279,12 @@ def train_step(state: L2MTrainState, batch: Mapping[str, jax.Array],
   masks = masks_of(x)
 
   def edit(g_params, e_params, img):
-    s, s_u, s_r, s_rh = enc.apply({'params': e_params}, img, y, y_trg)
-    s_hat = s_u + s_rh  # s_hat = s_u + T_y'(s_r)
-    x_fake = gen.apply({'params': g_params}, img, s_hat, masks)
-    return x_fake, (s, s_u, s_r, s_rh, s_hat)
+    # The training edit s_hat = s_u + s_r_hat (editing.edited_style).
+    return editing.edit_core(gen, enc, {'params': g_params},
+                             {'params': e_params}, img, y, y_trg, masks)
 
   # ---- discriminator ----
-  x_fake_d, _ = edit(state.generator.params, state.style_encoder.params, x)
+  x_fake_d = edit(state.generator.params, state.style_encoder.params, x)[0]
   d_grads, d_metrics = discriminator_grads(
       state.discriminator.params, state.step, x, y,
       jax.lax.stop_gradient(x_fake_d), y_trg, disc=disc, config=config)
@@ -359,14 +293,15 @@ def train_step(state: L2MTrainState, batch: Mapping[str, jax.Array],
   # ---- generator + style encoder (with decomposer and transformers) ----
   def g_loss_fn(ge_params):
     g_params, e_params = ge_params
-    x_fake, (s, s_u, s_r, s_rh, s_hat) = edit(g_params, e_params, x)
+    x_fake, codes, s_hat = edit(g_params, e_params, x)
     adv = losses.g_adversarial_loss(
         disc.apply({'params': discriminator.params}, x_fake, y_trg))
     s_pred = enc.apply({'params': e_params}, x_fake, y_trg, y_trg)[0]
     sty = losses.style_reconstruction_loss(s_pred, s_hat)
-    x_rec = gen.apply({'params': g_params}, x_fake, s, masks_of(x_fake))
+    x_rec = gen.apply({'params': g_params}, x_fake, codes.s, masks_of(x_fake))
     cyc = losses.cycle_loss(x_rec, x)
-    ort = losses.orthogonality_loss(s_r, s_u, s_rh, config.orthogonality)
+    ort = losses.orthogonality_loss(codes.s_r, codes.s_u, codes.s_r_hat,
+                                    config.orthogonality)
     total = (adv + float(config.lambda_cyc) * cyc +
              float(config.lambda_sty) * sty + float(config.lambda_ort) * ort)
     metrics = {'g_loss_adv': adv, 'g_loss_cyc': cyc, 'g_loss_sty': sty,
@@ -412,79 +347,11 @@ def compile_train_step(config: ml_collections.ConfigDict, models: Models,
 
 
 # ---------------------------------------------------------------------------
-# Sampling and export
-# ---------------------------------------------------------------------------
-
-
-def sample_edits(models: Models, ema: Mapping[str, Any],
-                 frozen: Mapping[str, Any], x: jax.Array, y: jax.Array,
-                 degrees: tuple[float, ...]) -> jax.Array:
-  """Edits of x towards the next domain over a degree sweep
-  (docs/method.md#l2m-edit).
-
-  s_hat(a) = s + a * (T_y'(s_r) - s_r), y' = (y + 1) mod num_domains.
-
-  Returns:
-    [len(degrees), N, S, S, 3] edited images (not clamped).
-  """
-  y_trg = (y + 1) % models.model_config.num_domains
-  masks = (landmarks_lib.masks_from_frozen(frozen, x)
-           if models.model_config.w_hpf > 0 else None)
-  s, _, s_r, s_rh = models.style_encoder.apply(
-      {'params': ema['style_encoder']}, x, y, y_trg)
-  outs = [models.generator.apply({'params': ema['generator']}, x,
-                                 s + a * (s_rh - s_r), masks)
-          for a in degrees]
-  return jnp.stack(outs)
-
-
-def sample_grid(x: np.ndarray, edits: np.ndarray) -> np.ndarray:
-  """Rows = sources then one row per degree; uint8 [H, W, 3] grid."""
-  rows = np.concatenate([x[None], edits], axis=0)  # [1 + D, N, S, S, 3]
-  return image_io.make_grid(np.clip(rows, -1, 1))
-
-
-def export_ema(out_dir: str | os.PathLike, state_ema: Mapping[str, Any],
-               frozen: Mapping[str, Any], model_config: l2m_models.L2MModelConfig,
-               step: int, workdir: str) -> None:
-  """EMA-only params in the converted format 'l2m_gan' (docs/architecture.md).
-
-  scripts/edit.py and scripts/evaluate.py load it with
-  `l2m_jax.convert.l2m.load_l2m_checkpoint`.
-  """
-  variables = {'generator': {'params': state_ema['generator']},
-               'style_encoder': {'params': state_ema['style_encoder']}}
-  for name in ('fan', 'vgg', 'landmarks'):
-    if name in frozen:
-      variables[name] = frozen[name]
-  key_map = {}
-  try:
-    from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
-    for name in variables:
-      tmpl = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                          variables[name])
-      for tkey, (path, _) in l2m_convert.module_key_map(
-          tmpl, resnet=name == 'vgg').items():
-        key_map[f'{name}.{tkey}'] = f'{name}/{path}'
-  except Exception as e:  # pylint: disable=broad-except
-    logging.warning('EMA export: no torch key map (%s)', e)
-  meta = {'format': EXPORT_FORMAT, 'config': model_config.to_dict(),
-          'source': {'path': str(workdir), 'sha256': None, 'step': int(step),
-                     'kind': 'l2m_jax training EMA'},
-          'key_map': key_map, 'ignored': []}
-  t2f.save_converted(out_dir, parallel.unreplicate_to_host(variables), meta,
-                     overwrite=True)
-
-
-# ---------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------
 
 
 NonFiniteError = training.NonFiniteError
-_Preemption = training.Preemption
-_check_finite = training.check_finite
-_check_state_finite = training.check_state_finite
 
 
 # Config fields that change the shapes of the saved arrays (through the
@@ -501,9 +368,6 @@ def _structure(model_config: Mapping[str, Any]) -> dict[str, Any]:
   mc['w_hpf'] = 'on (> 0)' if float(mc.get('w_hpf', 0)) > 0 else 'off (0)'
   mc['domains'] = list(mc.get('domains', []))
   return {k: mc.get(k) for k in STRUCTURAL_FIELDS}
-
-
-_flat_config = training.flat_config
 
 
 def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any],
@@ -524,61 +388,15 @@ def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any],
     logging.warning('%s: the checkpoint records no model config; its shapes '
                     'are checked by the restore only.', checkpoint)
   if problems:
-    raise checkpointing.CheckpointError(
-        f'{checkpoint}: this run does not fit the checkpoint it would '
-        'resume:\n' + '\n'.join(problems) + '\nThe domain names are the '
-        'sorted folder names of the data (the label order); the other fields '
-        'fix the array shapes. Use the original values (or data), or another '
-        '--workdir. Nothing was written.')
-  old_cfg = _flat_config(saved.get('config', {}))
-  new_cfg = _flat_config(current.get('config', {}))
-  changed = [f'{k}: {old_cfg.get(k)!r} -> {new_cfg.get(k)!r}'
-             for k in sorted(set(old_cfg) | set(new_cfg))
-             if old_cfg.get(k) != new_cfg.get(k)]
+    training.refuse_resume(
+        checkpoint, problems, 'The domain names are the sorted folder names '
+        'of the data (the label order); the other fields fix the array '
+        'shapes. Use the original values (or data), or another --workdir.')
+  changed = training.changed_settings(saved, current)
   if saved.get('num_devices') != current.get('num_devices'):
     changed.append(f'devices: {saved.get("num_devices")} -> '
                    f'{current.get("num_devices")}')
   return changed
-
-
-def _maybe_fid(config, models, state_ema, frozen, step, writer, workdir,
-               extractor_cache):
-  """Periodic FID (l2m_jax.evaluation.l2m_eval); every process calls it.
-
-  Each process edits and extracts features of its share of every folder;
-  the statistics are combined across processes; the main process writes
-  the JSON, the edited images and the scalars.
-  """
-  if not config.eval_fid or not config.inception_checkpoint:
-    logging.info('step %d: FID skipped (eval_fid=%s, inception_checkpoint=%r)',
-                 step, config.eval_fid, config.inception_checkpoint)
-    return
-  from l2m_jax.evaluation import fid as fid_lib  # pylint: disable=g-import-not-at-top
-  from l2m_jax.evaluation import l2m_eval  # pylint: disable=g-import-not-at-top
-  per_process = parallel.per_process_batch(config.val_batch_size)
-  if 'extractor' not in extractor_cache:
-    extractor_cache['extractor'] = fid_lib.make_extractor(
-        'stargan_v2', config.inception_checkpoint, batch_size=per_process)
-  variables = {'generator': {'params': state_ema['generator']},
-               'style_encoder': {'params': state_ema['style_encoder']}}
-  for name in ('fan', 'landmarks'):
-    if name in frozen:
-      variables[name] = frozen[name]
-  data = pathlib.Path(config.data_dir)
-  main = parallel.is_main_process()
-  result = l2m_eval.evaluate_l2m(
-      variables, models.model_config, data / config.val_split,
-      data / config.train_split, extractor=extractor_cache['extractor'],
-      batch_size=per_process,
-      cache_dir=os.path.join(workdir, 'fid_cache'),
-      eval_dir=os.path.join(workdir, f'eval_{step:06d}'), progress=False,
-      log=logging.info)
-  if main:
-    l2m_eval.write_results(
-        os.path.join(workdir, l2m_eval.results_filename(step)), result)
-  # 'FID_reference/sad2smile' -> 'eval/fid/sad2smile'.
-  writer.write_scalars(step, {f'eval/fid/{k.split("/")[-1]}': float(v)
-                              for k, v in dict(result).items()})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -615,7 +433,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         os.path.join(workdir, config.compilation_cache_dir))
     logging.info('Persistent compilation cache: %s', used)
   # SIGTERM is caught from here on (the loop decides when to stop).
-  with checkpointing.WorkdirLock(workdir), _Preemption() as preempt:
+  with checkpointing.WorkdirLock(workdir), training.Preemption() as preempt:
     return _train_and_evaluate(config, workdir, preempt, hooks)
 
 
@@ -639,135 +457,64 @@ def _train_and_evaluate(config, workdir, preempt, hooks=()):
                parallel.process_count(), per_device)
   models = create_models(config, domain_names)
   rng = jax.random.key(int(config.seed))
-  frozen = load_frozen(config, jax.random.fold_in(rng, 1))
+  frozen = l2m_frozen.load_frozen(config, jax.random.fold_in(rng, 1))
 
   init_fn = functools.partial(create_train_state, config, models,
                               jax.random.fold_in(rng, 0))
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
   meta_out = {'config': config.to_dict(), 'domains': domain_names,
               'num_devices': int(mesh.devices.size),
               'model_config': models.model_config.to_dict()}
-
-  def check_meta(saved):
-    changed = check_resume(saved, meta_out, ckpt_dir)
-    if changed:
-      logging.warning('Resuming with changed settings (allowed): %s',
-                      '; '.join(changed))
-
-  mngr = checkpointing.make_manager(ckpt_dir, int(config.save_every),
-                                    int(config.keep_checkpoints))
-  try:
+  with training.checkpoint_manager(workdir, config, meta_out,
+                                   check_resume) as (mngr, check_meta):
     return _loop(config, workdir, mngr, models, frozen, init_fn, mesh,
                  meta_out, check_meta, preempt, hooks)
-  finally:
-    # Also on errors: finish the last good asynchronous save.
-    mngr.wait_until_finished()
-    mngr.close()
 
 
 def _loop(config, workdir, mngr, models, frozen, init_fn, mesh, meta_out,
           check_meta, preempt, extra_hooks=()):
-  """Restore or init, then the train loop."""
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  """Restore or init, then the train loop with samples, exports and FID."""
   from clu import parameter_overview  # pylint: disable=g-import-not-at-top
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   from l2m_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   main = parallel.is_main_process()
-  rep = parallel.replicated_sharding(mesh)
-  state, meta = checkpointing.restore_or_init(
-      mngr, lambda: parallel.init_replicated(init_fn, mesh), rep, check_meta)
-  start = int(parallel.unreplicate_to_host(state.step))
-  last_good = start if meta is not None else None
-  writer = metric_writers.create_default_writer(workdir, just_logging=not main)
+  state, meta, start = training.restore_or_init(mngr, init_fn, mesh,
+                                                check_meta)
+  writer = training.create_writer(workdir, just_logging=not main)
   if meta is None:
     for name in ('generator', 'style_encoder', 'discriminator'):
       logging.info('Parameters of the %s:', name)
       parameter_overview.log_parameter_overview(
           parallel.unreplicate_to_host(getattr(state, name).params))
-  else:
-    logging.info('Resumed at step %d (saved with %s devices).', start,
-                 meta.get('num_devices'))
 
   compiled = compile_train_step(config, models, mesh)
   frozen_dev = compiled.put_args(frozen)
   frozen_host = parallel.unreplicate_to_host(frozen)
-  sample_fn = jax.jit(functools.partial(
-      sample_edits, models, degrees=tuple(float(a) for a in
-                                          config.sample_degrees)))
-  src_x, src_y = input_pipeline.fixed_sources(config, int(config.num_sample))
-
+  save_samples = l2m_hooks.SampleSaver(config, models, frozen_host, workdir,
+                                       writer)
   total = int(config.total_iters)
-  hooks = []
-  if main:
-    hooks.append(periodic_actions.ReportProgress(num_train_steps=total,
-                                                 writer=writer))
-    if config.profile:
-      hooks.append(periodic_actions.Profile(
-          logdir=workdir, num_profile_steps=5, profile_duration_ms=None))
-
-  def save_samples(step, st):
-    if not main:  # process-local work for a file only the main one writes
-      return
-    edits = sample_fn(parallel.unreplicate_to_host(st.ema), frozen_host,
-                      src_x, src_y)
-    grid = sample_grid(src_x, np.asarray(edits))
-    out = pathlib.Path(workdir) / 'samples'
-    out.mkdir(exist_ok=True)
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    Image.fromarray(grid).save(out / f'{step:06d}.png')
-    writer.write_images(step, {'samples/degree_sweep': grid[None]})
+  hooks = training.progress_hooks(total, writer, workdir,
+                                  bool(config.profile)) if main else []
+  extractor_cache = {}  # the Inception extractor, built once per run
 
   def export(step, st):
     # Every process: save_converted's orbax save is a collective.
-    export_ema(os.path.join(workdir, 'ema_export'),
-               parallel.unreplicate_to_host(st.ema), frozen_host,
-               models.model_config, step, workdir)
+    l2m_export.export_ema(os.path.join(workdir, 'ema_export'),
+                          parallel.unreplicate_to_host(st.ema), frozen_host,
+                          models.model_config, step, workdir)
 
-  extractor_cache = {}  # the Inception extractor, built once per run
+  def periodic(step, last, state_now):
+    if step % int(config.sample_every) == 0 or last:
+      save_samples(step, state_now().ema)
+    if int(config.eval_every) and (step % int(config.eval_every) == 0):
+      l2m_hooks.maybe_fid(config, models, parallel.unreplicate_to_host(
+          state_now().ema), frozen, step, writer, workdir, extractor_cache)
+
   # Device prefetch: the next batches are copied while the step runs.
   batches = parallel.prefetch(input_pipeline.train_iterator(config, start),
                               compiled.put_batch,
                               int(config.get('device_prefetch', 2)))
-  dstate = compiled.put_state(state)
-  step = start
-  first = None
-  if step < total:
-    first = next(batches)
-    compiled = compiled.compile_ahead(dstate, first, frozen_dev)
-  while step < total:
-    batch = first if first is not None else next(batches)
-    first = None
-    dstate, metrics = compiled(dstate, batch, frozen_dev)
-    step += 1
-    for h in hooks + list(extra_hooks):
-      h(step)
-    last = step == total
-    if step % int(config.log_every) == 0 or last:
-      m = compiled.get_metrics(metrics)
-      _check_finite(m, step)
-      writer.write_scalars(step, {f'train/{k}': float(v)
-                                  for k, v in m.items()})
-    stop = preempt.should_stop(step)
-    due = step % int(config.save_every) == 0 or last
-    if due or stop:
-      state = compiled.get_state(dstate)
-      # Never save or export NaN: the last good checkpoint must survive.
-      _check_state_finite(state, metrics, step, compiled, last_good)
-      if checkpointing.save(mngr, step, state, {**meta_out, 'step': step},
-                            force=last or stop):
-        last_good = step
-      if due:
-        export(step, state)
-    if stop:
-      logging.warning('Preempted at step %d: checkpoint written, exiting.',
-                      step)
-      break
-    if step % int(config.sample_every) == 0 or last:
-      save_samples(step, compiled.get_state(dstate))
-    if int(config.eval_every) and (step % int(config.eval_every) == 0):
-      _maybe_fid(config, models, parallel.unreplicate_to_host(
-          compiled.get_state(dstate).ema), frozen, step, writer, workdir,
-                 extractor_cache)
-  mngr.wait_until_finished()
-  writer.flush()
-  return compiled.get_state(dstate)
+  return training.train_loop(
+      compiled, state, batches, frozen_dev, start=start, total=total,
+      resumed=meta is not None, mngr=mngr, meta=meta_out, writer=writer,
+      preempt=preempt, log_every=int(config.log_every),
+      save_every=int(config.save_every), hooks=hooks + list(extra_hooks),
+      export=export, after_step=periodic)

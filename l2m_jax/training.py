@@ -1,21 +1,26 @@
-"""Pieces of the training loop shared by train_l2m.py and train_l2l.py.
+"""The training loop shared by train_l2m.py and train_l2l.py.
 
-The stop decision (SIGTERM / preemption, one answer on every process), the
-finiteness checks that keep NaN out of checkpoints and exports
-(docs/reliability.md), config flattening for resume checks, and the metric
-writer: clu's when TensorFlow is installed, otherwise a TensorFlow-free
-TensorBoard event writer with the same methods (Latent-To-Latent training
-needs no TensorFlow).
+The checkpoint manager with its resume check, restore-or-init, the loop
+itself (`train_loop`: steps, metrics, finite checks, saves, exports and the
+trainer's periodic work), the sample-grid writer, the stop decision
+(SIGTERM / preemption, one answer on every process), the finiteness checks
+that keep NaN out of checkpoints and exports (docs/reliability.md), config
+flattening for resume checks, and the metric writer: clu's when TensorFlow
+is installed, otherwise a TensorFlow-free TensorBoard event writer with the
+same methods (Latent-To-Latent training needs no TensorFlow).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pathlib
 import signal
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from absl import logging
+import jax
 import numpy as np
 
 from l2m_jax import checkpointing
@@ -224,3 +229,178 @@ def progress_hooks(total: int, writer: Any, workdir: str,
     hooks.append(periodic_actions.Profile(
         logdir=workdir, num_profile_steps=5, profile_duration_ms=None))
   return hooks
+
+
+# ---------------------------------------------------------------------------
+# The loop of both trainers: checkpoints, resume, steps, saves.
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def checkpoint_manager(
+    workdir: str, config: Any, meta: Mapping[str, Any],
+    check_resume: Callable[[Mapping[str, Any], Mapping[str, Any], str],
+                           list[str]]):
+  """The run's orbax manager of `workdir/checkpoints` and its resume check.
+
+  Args:
+    workdir: the run's folder.
+    config: with `save_every` and `keep_checkpoints`.
+    meta: what this run saves with each checkpoint.
+    check_resume: (saved meta, this run's meta, folder) -> changed settings;
+      raises CheckpointError when the checkpoint does not fit the run.
+
+  Yields:
+    (manager, check_meta): check_meta(saved meta) runs `check_resume` and
+    logs the allowed changes. On exit (also on errors) the last
+    asynchronous save is finished and the manager closed.
+  """
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+
+  def check_meta(saved):
+    changed = check_resume(saved, meta, ckpt_dir)
+    if changed:
+      logging.warning('Resuming with changed settings (allowed): %s',
+                      '; '.join(changed))
+
+  mngr = checkpointing.make_manager(ckpt_dir, int(config.save_every),
+                                    int(config.keep_checkpoints))
+  try:
+    yield mngr, check_meta
+  finally:
+    # Also on errors: finish the last good asynchronous save.
+    mngr.wait_until_finished()
+    mngr.close()
+
+
+def restore_or_init(mngr: Any, init_fn: Callable[[], Any],
+                    mesh: jax.sharding.Mesh,
+                    check_meta: Callable[[Mapping[str, Any]], None]
+                    ) -> tuple[Any, Mapping[str, Any] | None, int]:
+  """The latest intact checkpoint, or `init_fn()` replicated over `mesh`.
+
+  Returns:
+    (state as replicated global arrays, its meta or None for a new run,
+    the step to start from).
+  """
+  state, meta = checkpointing.restore_or_init(
+      mngr, lambda: parallel.init_replicated(init_fn, mesh),
+      parallel.replicated_sharding(mesh), check_meta)
+  start = int(parallel.unreplicate_to_host(state.step))
+  if meta is not None:
+    logging.info('Resumed at step %d (saved with %s devices).', start,
+                 meta.get('num_devices'))
+  return state, meta, start
+
+
+def write_sample_grid(workdir: str, writer: Any, step: int, grid: np.ndarray,
+                      tag: str) -> None:
+  """uint8 [H, W, 3] grid as `workdir/samples/<step>.png` and to `writer`."""
+  out = pathlib.Path(workdir) / 'samples'
+  out.mkdir(exist_ok=True)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(grid).save(out / f'{step:06d}.png')
+  writer.write_images(step, {tag: grid[None]})
+
+
+def train_loop(compiled: parallel.CompiledStep, state: Any,
+               batches: Iterator[Any], frozen: Any, *, start: int,
+               total: int, resumed: bool, mngr: Any, meta: Mapping[str, Any],
+               writer: Any, preempt: Preemption, log_every: int,
+               save_every: int, hooks: Iterable[Callable[[int], Any]] = (),
+               export: Callable[[int, Any], None] | None = None,
+               needs_state: Callable[[int, bool], bool] | None = None,
+               after_step: Callable[[int, bool, Callable[[], Any]], None]
+               | None = None) -> Any:
+  """Runs the compiled step from `start` to `total`, saving on the way.
+
+  After each step: the `hooks` (with the step), the train metrics every
+  `log_every` steps (checked finite), and every `save_every` steps, at the
+  last step and on preemption a checkpoint of the state (checked finite:
+  NaN is never saved) and `export(step, host state)` (not on a preemption
+  stop). Then `after_step(step, last, state_now)` for the periodic work
+  (samples, evaluations); `state_now()` gives the host state of the step,
+  checked finite when `needs_state(step, last)` asked for it.
+
+  Args:
+    compiled: the step compiled by `parallel.compile_step`.
+    state: the replicated state to start from.
+    batches: device batches (already put with `compiled.put_batch`).
+    frozen: the frozen arguments put with `compiled.put_args`.
+    start, total: first and end step numbers.
+    resumed: whether `state` was restored (its step is then the last good
+      checkpoint).
+    mngr, meta: the checkpoint manager and the meta saved with each
+      checkpoint (the step is added).
+    writer: the metric writer.
+    preempt: the run's stop decision.
+
+  Returns:
+    The final state (replicated global arrays).
+  """
+  last_good = start if resumed else None
+  dstate = compiled.put_state(state)
+  host = None
+
+  def state_now():
+    nonlocal host
+    if host is None:
+      host = compiled.get_state(dstate)
+    return host
+
+  step = start
+  first = None
+  if step < total:
+    first = next(batches)
+    compiled = compiled.compile_ahead(dstate, first, frozen)
+  while step < total:
+    batch = first if first is not None else next(batches)
+    first = None
+    dstate, metrics = compiled(dstate, batch, frozen)
+    host = None
+    step += 1
+    for h in hooks:
+      h(step)
+    last = step == total
+    if step % log_every == 0 or last:
+      m = compiled.get_metrics(metrics)
+      check_finite(m, step)
+      writer.write_scalars(step, {f'train/{k}': float(v)
+                                  for k, v in m.items()})
+    stop = preempt.should_stop(step)
+    due = step % save_every == 0 or last
+    if due or stop or (needs_state is not None and needs_state(step, last)):
+      # Never save, export or evaluate NaN: the last good checkpoint stays.
+      check_state_finite(state_now(), metrics, step, compiled, last_good)
+    if due or stop:
+      if checkpointing.save(mngr, step, host, {**meta, 'step': step},
+                            force=last or stop):
+        last_good = step
+      if due and export is not None:
+        export(step, host)
+    if stop:
+      logging.warning('Preempted at step %d: checkpoint written, exiting.',
+                      step)
+      break
+    if after_step is not None:
+      after_step(step, last, state_now)
+  mngr.wait_until_finished()
+  writer.flush()
+  return compiled.get_state(dstate)
+
+
+def changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any]
+                     ) -> list[str]:
+  """'field: old -> new' for every config field a resume changes."""
+  old_cfg = flat_config(saved.get('config', {}))
+  new_cfg = flat_config(current.get('config', {}))
+  return [f'{k}: {old_cfg.get(k)!r} -> {new_cfg.get(k)!r}'
+          for k in sorted(set(old_cfg) | set(new_cfg))
+          if old_cfg.get(k) != new_cfg.get(k)]
+
+
+def refuse_resume(checkpoint: str, problems: list[str], advice: str):
+  """Raises CheckpointError listing the structural `problems`."""
+  raise checkpointing.CheckpointError(
+      f'{checkpoint}: this run does not fit the checkpoint it would '
+      'resume:\n' + '\n'.join(problems) + f'\n{advice} Nothing was written.')

@@ -175,6 +175,7 @@ def run_jax(args):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from configs import l2l_legacy  # pylint: disable=g-import-not-at-top
+  from l2m_jax import l2l_networks  # pylint: disable=g-import-not-at-top
   from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
   from l2m_jax import train_l2l  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import arcface as caf  # pylint: disable=g-import-not-at-top
@@ -183,7 +184,7 @@ def run_jax(args):
   from l2m_jax.convert import stylegan2 as cs  # pylint: disable=g-import-not-at-top
   from l2m_jax.models import branched_tiny as bt  # pylint: disable=g-import-not-at-top
   g, c, e, m = _torch_nets(args.size)
-  dtype = train_l2l.DTYPES[args.dtype]
+  dtype = l2l_networks.DTYPES[args.dtype]
   g_vars, g_cfg, _ = cs.convert_state_dict(g.state_dict(), 'bench',
                                            latent_avg=torch.zeros(512))
   c_vars, _ = cbt.convert_state_dict(c.state_dict(), 'bench')
@@ -193,14 +194,15 @@ def run_jax(args):
   config.lambda_face_id = 1.0
   config.data_source = 'latents'
   config.batch_size = args.batch
-  m_cfg = train_l2l.mapper_config(config, generator.n_latent, 512, 0)
+  m_cfg = l2l_networks.mapper_config(config, generator.n_latent, 512, 0)
   m_vars, _ = cm.convert_state_dict(m.state_dict(), 'bench', m_cfg)
   names = tuple(bt.ATTRIBUTES)
-  nets = train_l2l.Networks(
+  nets = l2l_networks.Networks(
       generator=generator, mapper=cm.build_model(m_cfg),
       classifier=cbt.build_model(dtype=dtype), classifier_kind='branched_tiny',
-      classifier_names=names, cond_names=train_l2l.CELEBA_ATTRIBUTES,
-      cond_perm=tuple(names.index(n) for n in train_l2l.CELEBA_ATTRIBUTES),
+      classifier_names=names, cond_names=l2l_networks.CELEBA_ATTRIBUTES,
+      cond_perm=tuple(names.index(n)
+                      for n in l2l_networks.CELEBA_ATTRIBUTES),
       trained=(names.index(ATTRIBUTE),), identity=caf.build_model(
           e_cfg, dtype=dtype), identity_kind='arcface', mode='legacy')
   w, d = _batch(generator.n_latent, args.batch)

@@ -23,6 +23,8 @@ from PIL import Image
 from configs import demo as demo_config
 from l2m_jax import demo
 from l2m_jax import editing
+from l2m_jax import l2m_export
+from l2m_jax import l2m_frozen
 from l2m_jax import train_l2m
 from l2m_jax.convert import l2m as l2m_convert
 from l2m_jax.datasets import synthetic_faces as sf
@@ -152,14 +154,14 @@ def test_demo_stages_smoke(tmp_path, capsys):
   assert out.count('reusing') == 2, out
 
   # An untrained EMA export in the training's format (no training loop),
-  # with the landmark network as load_frozen gives it.
+  # with the landmark network as l2m_frozen.load_frozen gives it.
   models = train_l2m.create_models(config, list(sf.DOMAINS[attr]))
   state = train_l2m.create_train_state(config, models, jax.random.key(0))
-  frozen = train_l2m.load_frozen(config, jax.random.key(1))
+  frozen = l2m_frozen.load_frozen(config, jax.random.key(1))
   assert set(frozen) == {'landmarks', 'preservation'}
   ckpt = tmp_path / 'train' / 'ema_export'
-  train_l2m.export_ema(ckpt, state.ema, frozen, models.model_config, 0,
-                       str(tmp_path / 'train'))
+  l2m_export.export_ema(ckpt, state.ema, frozen, models.model_config, 0,
+                        str(tmp_path / 'train'))
   variables, mc = l2m_convert.load_l2m_checkpoint(ckpt)
   assert 'landmarks' in variables and 'fan' not in variables
   assert mc.training_data == demo.training_data_tag(config)

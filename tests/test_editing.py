@@ -1,5 +1,7 @@
 """The jit edit function vs the torch pipeline (FAN masks + E + G)."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -106,3 +108,28 @@ def test_bfloat16_edit_tracks_float32(tmp_path):
   assert diff.max() <= BF16_EDIT_MAX_RTOL * scale
   # Not vacuous: bf16 compute does change the result.
   assert diff.max() > 0
+
+
+def test_training_sample_grid_matches_torch(tmp_path):
+  # The training run's sample grid (l2m_hooks.sample_edits: sources of both
+  # domains, each edited towards the next domain) is the same edit as the
+  # torch pipeline at every degree.
+  from l2m_jax import l2m_hooks  # pylint: disable=g-import-not-at-top
+  from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
+  nets = lc.build_torch_nets(img_size=64, max_conv_dim=16, w_hpf=0, seed=57)
+  variables, meta = l2m_convert.convert_checkpoint(
+      lc.save_checkpoint(nets, tmp_path))
+  config = l2m.L2MModelConfig.from_dict(meta['config'])
+  gen, enc = l2m.build_models(config)
+  models = train_l2m.Models(config, gen, enc, None, None)
+  ema = {'generator': variables['generator']['params'],
+         'style_encoder': variables['style_encoder']['params']}
+  x = lc.sample_images(2, 64, seed=58)
+  y = np.array([0, 1], np.int32)
+  degrees = (0.0, 1.0, 1.5)
+  got = np.asarray(jax.jit(functools.partial(
+      l2m_hooks.sample_edits, models, degrees=degrees))(ema, {}, x, y))
+  assert got.shape == (3, 2, 64, 64, 3)
+  for d, a in enumerate(degrees):
+    want = _torch_edit(nets, x, y, (y + 1) % 2, a)
+    assert np.max(np.abs(got[d] - want)) <= TOL

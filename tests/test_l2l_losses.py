@@ -206,6 +206,7 @@ def test_legacy_step_matches_the_benchmark_torch_reference():
   """
   import functools  # pylint: disable=g-import-not-at-top
   from configs import l2l_legacy  # pylint: disable=g-import-not-at-top
+  from l2m_jax import l2l_networks  # pylint: disable=g-import-not-at-top
   from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
   from l2m_jax import train_l2l  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import branched_tiny as cbt  # pylint: disable=g-import-not-at-top
@@ -236,10 +237,10 @@ def test_legacy_step_matches_the_benchmark_torch_reference():
                                            latent_avg=torch.zeros(32))
   c_vars, _ = cbt.convert_state_dict(c.state_dict(), 't')
   generator = cs.build_model(g_cfg)
-  m_cfg = train_l2l.mapper_config(config, generator.n_latent, 32, 0)
+  m_cfg = l2l_networks.mapper_config(config, generator.n_latent, 32, 0)
   m_vars, _ = cm.convert_state_dict(m.state_dict(), 't', m_cfg)
   names = tuple(bt.ATTRIBUTES)
-  nets = train_l2l.Networks(
+  nets = l2l_networks.Networks(
       generator=generator, mapper=cm.build_model(m_cfg),
       classifier=cbt.build_model(), classifier_kind='branched_tiny',
       classifier_names=names, cond_names=names, cond_perm=(),

@@ -21,6 +21,9 @@ import pytest
 from configs import l2l_tiny
 from l2m_jax import checkpointing
 from l2m_jax import errors
+from l2m_jax import l2l_data
+from l2m_jax import l2l_eval
+from l2m_jax import l2l_networks
 from l2m_jax import parallel
 from l2m_jax import train_l2l
 from l2m_jax.convert import mapper as cm
@@ -42,7 +45,7 @@ def _config(arg='', **kw):
 @pytest.fixture(scope='module')
 def paper():
   config = _config()
-  nets, frozen = train_l2l.load_networks(config)
+  nets, frozen = l2l_networks.load_networks(config)
   return config, nets, frozen
 
 
@@ -62,10 +65,10 @@ def _run_steps(config, nets, frozen, mode, n_dev, steps=2):
       mesh, mode, num_args=1)
   state = train_l2l.create_train_state(config, nets, jax.random.key(0))
   st, fr = compiled.put_state(state), compiled.put_args(frozen)
-  data = train_l2l.Data(None, np.zeros((1,)))
+  data = l2l_data.Data(None, np.zeros((1,)))
   for s in range(steps):
     st, metrics = compiled(st, compiled.put_batch(
-        train_l2l.host_batch(config, data, s)), fr)
+        l2l_data.host_batch(config, data, s)), fr)
   return _host(compiled.get_state(st)), compiled.get_metrics(metrics)
 
 
@@ -96,8 +99,8 @@ def test_frozen_networks_get_no_gradient(paper):
   # Non-zero last layers, so the gradient reaches every frozen network.
   state = state.replace(mapper=state.mapper.replace(params=jax.tree.map(
       lambda p: p + 0.05, state.mapper.params)))
-  batch = jax.tree.map(lambda x: x[None], train_l2l.host_batch(
-      config, train_l2l.Data(None, np.zeros(1)), 0))
+  batch = jax.tree.map(lambda x: x[None], l2l_data.host_batch(
+      config, l2l_data.Data(None, np.zeros(1)), 0))
 
   def loss_of(fr):
     step = lambda b, f: train_l2l.train_step(state, b, f, nets=nets,
@@ -146,7 +149,7 @@ def test_end_to_end_outputs_and_export_load(paper_run):
   # The export edits through the latent-editing API as a user loads it.
   from l2m_jax import latent_editing as le  # pylint: disable=g-import-not-at-top
   config = _config()
-  nets, frozen = train_l2l.load_networks(config)
+  nets, frozen = l2l_networks.load_networks(config)
   editor = le.LatentEditor(nets.generator, frozen['generator'], model,
                            variables, batch_size=2)
   w = np.random.default_rng(0).standard_normal((2, 6, 32)).astype(np.float32)
@@ -278,19 +281,19 @@ def _learn(tmp_path, steps, lr):
                    eval_every=0, save_every=steps, sample_every=steps,
                    log_every=max(1, steps // 4), num_eval=64,
                    eval_batch_size=64, lambda_attr=10.0, lambda_zero=5.0)
-  nets, frozen = train_l2l.load_networks(config)
-  data = train_l2l.load_data(config, nets, frozen, str(tmp_path))
-  eval_fn = train_l2l._eval_fn(nets, config)  # pylint: disable=protected-access
+  nets, frozen = l2l_networks.load_networks(config)
+  data = l2l_data.load_data(config, nets, frozen, str(tmp_path))
+  eval_fn = l2l_eval.make_eval_fn(nets, config)
   p0 = train_l2l.init_mapper_params(config, nets, jax.random.key(0))
-  before = train_l2l.evaluate_arrays(config, nets, p0, frozen, data.eval,
-                                     eval_fn)
+  before = l2l_eval.evaluate_arrays(config, nets, p0, frozen, data.eval,
+                                    eval_fn)
   state = train_l2l.train_and_evaluate(config, str(tmp_path / 'run'))
-  after = train_l2l.evaluate_arrays(config, nets,
-                                    _host(state.mapper.params), frozen,
-                                    data.eval, eval_fn)
+  after = l2l_eval.evaluate_arrays(config, nets,
+                                   _host(state.mapper.params), frozen,
+                                   data.eval, eval_fn)
   err = lambda a: float(np.mean(a['sq_err'][a['mask']]))
-  pear = [train_l2l.pearson(after['requested'][after['mask'][:, j], j],
-                            after['achieved'][after['mask'][:, j], j])
+  pear = [l2l_eval.pearson(after['requested'][after['mask'][:, j], j],
+                           after['achieved'][after['mask'][:, j], j])
           for j in range(len(nets.trained))]
   zero = float(np.mean(after['zero_disp']))
   edit = float(np.mean(after['edit_disp']))

@@ -25,6 +25,7 @@ from configs import tiny
 from l2m_jax import checkpointing
 from l2m_jax import errors
 from l2m_jax import input_pipeline
+from l2m_jax import l2m_frozen
 from l2m_jax import parallel
 from l2m_jax import train_l2m
 from tests import conftest
@@ -82,18 +83,18 @@ def test_he_init_matches_torch_kaiming_statistics():
 
 def test_frozen_networks_random_with_loud_warning(monkeypatch):
   config = tiny.get_config()
-  assert not train_l2m.load_frozen(config, jax.random.key(0))
+  assert not l2m_frozen.load_frozen(config, jax.random.key(0))
   config.preservation = 'resnet18'
   seen = []
   monkeypatch.setattr(logging, 'warning',
                       lambda msg, *a: seen.append(msg % a if a else msg))
-  frozen = train_l2m.load_frozen(config, jax.random.key(0))
+  frozen = l2m_frozen.load_frozen(config, jax.random.key(0))
   assert set(frozen['vgg']) == {'params', 'batch_stats'}
   assert any('ResNet-18' in s and 'RANDOM' not in s for s in seen)
   assert any('RANDOM' in s for s in seen)
   config.preservation = 'arcface'
   with pytest.raises(ValueError, match='preservation='):
-    train_l2m.load_frozen(config, jax.random.key(0))
+    l2m_frozen.load_frozen(config, jax.random.key(0))
 
 
 def test_train_and_evaluate_end_to_end(tiny_run):

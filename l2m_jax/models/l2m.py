@@ -5,12 +5,13 @@ Facial Attribute Editing", CVPR 2021. Mirrors `StyleEncoder` of the authors'
 `core/model.py` as described in docs/method.md#l2m-style-codes,
 docs/method.md#l2m-style-encoder:
 
-  s  = E_y(x)           (`unshared[y]` head on the shared trunk)
-  s1 = P(s)             attribute-irrelevant code (`transform1`)
-  s2 = s - s1           attribute-relevant code
-  s3 = T_{y1}(s2)       transformed relevant code (`transform2[y1]`)
+  s       = E_y(x)          (`unshared[y]` head on the shared trunk)
+  s_u     = P(s)            attribute-irrelevant code (`transform1`)
+  s_r     = s - s_u         attribute-relevant code
+  s_r_hat = T_{y1}(s_r)     transformed relevant code (`transform2[y1]`)
 
-and the edit of docs/method.md#l2m-edit uses s_hat = s + degree * (s3 - s2).
+(upstream names s, s1, s2, s3); the edit of docs/method.md#l2m-edit is
+composed in l2m_jax/editing.py.
 
 Parameter names (NHWC; the converter transposes conv/Linear weights):
 
@@ -147,7 +148,7 @@ class MLP3(nn.Module):
 
 
 class StyleEncoder(nn.Module):
-  """L2M style encoder E(x, y, y1) -> (s, s1, s2, s3)
+  """L2M style encoder E(x, y, y1) -> (s, s_u, s_r, s_r_hat)
   (docs/method.md#l2m-style-encoder)."""
   img_size: int = 256
   style_dim: int = 64
@@ -177,20 +178,22 @@ class StyleEncoder(nn.Module):
       y1: [N] int target-domain labels (selects the `transform2` head).
 
     Returns:
-      (s, s1, s2, s3), each [N, style_dim] float32.
+      (s, s_u, s_r, s_r_hat), each [N, style_dim] float32 (upstream: s,
+      s1, s2, s3; docs/method.md#l2m-style-codes).
     """
     h = stargan_v2.run_trunk(self, 'shared', self._repeat_num,
                              x.astype(self.dtype))
     h = h.reshape(h.shape[0], -1)  # [N, C]; the map is 1x1.
     s = _gather(jnp.stack([head(h) for head in self.unshared], axis=1), y)
-    s1 = self.transform1(s)
-    s2 = s - s1
-    s3 = _gather(jnp.stack([t(s2) for t in self.transform2], axis=1), y1)
+    s_u = self.transform1(s)
+    s_r = s - s_u
+    s_r_hat = _gather(jnp.stack([t(s_r) for t in self.transform2], axis=1),
+                      y1)
     if self.is_initializing():
       # Deviation from PyTorch: `attention` is never used; call it once at
       # init so its parameters exist as in the official checkpoint.
       self.attention(s)
-    return tuple(v.astype(jnp.float32) for v in (s, s1, s2, s3))
+    return tuple(v.astype(jnp.float32) for v in (s, s_u, s_r, s_r_hat))
 
 
 def _gather(stacked: jax.Array, labels: jax.Array) -> jax.Array:
