@@ -26,6 +26,7 @@ from l2m_jax import image_io
 from l2m_jax.convert import inception as convert_inception
 from l2m_jax.convert import torch_to_flax as t2f
 from l2m_jax.evaluation import fid as fid_lib
+from l2m_jax.evaluation import inception_features as features
 from l2m_jax.evaluation import l2m_eval
 
 
@@ -44,7 +45,7 @@ def parse_args(argv=None):
                  help='Inception weights (.pth or converted folder); default '
                  '$L2M_INCEPTION_WEIGHTS')
   p.add_argument('--protocol', default='stargan_v2',
-                 choices=fid_lib.PROTOCOL_CHOICES,
+                 choices=features.PROTOCOL_CHOICES,
                  help='FID protocol (default %(default)s = the official one)')
   p.add_argument('--degree', type=float, default=1.0,
                  help='edit degree (official default %(default)s)')

@@ -25,6 +25,8 @@ from l2m_jax import image_io
 from l2m_jax.convert import inception as convert_inception
 from l2m_jax.convert import torch_to_flax as t2f
 from l2m_jax.evaluation import fid as fid_lib
+from l2m_jax.evaluation import frechet
+from l2m_jax.evaluation import inception_features as features
 
 
 def parse_args(argv=None):
@@ -35,7 +37,7 @@ def parse_args(argv=None):
                  help='image folder or .npz statistics file (two for a FID, '
                  'one with --save-stats)')
   p.add_argument('--protocol', default='stargan_v2',
-                 choices=fid_lib.PROTOCOL_CHOICES,
+                 choices=features.PROTOCOL_CHOICES,
                  help='stargan_v2 (= l2m_official: torchvision ImageNet '
                  'Inception, PIL resize, ImageNet normalisation; the L2M-GAN '
                  'paper protocol) or standard (= pytorch_fid: FID Inception, '
@@ -49,7 +51,7 @@ def parse_args(argv=None):
   p.add_argument('--batch-size', type=int, default=None,
                  help='global batch size (default: 32 for stargan_v2, 50 '
                  'for standard); rounded up to a multiple of the devices')
-  p.add_argument('--method', default='eigvals', choices=fid_lib.METHODS,
+  p.add_argument('--method', default='eigvals', choices=frechet.METHODS,
                  help='trace-sqrt method (default %(default)s; reference = '
                  'scipy sqrtm as pytorch-fid)')
   p.add_argument('--json', metavar='OUT.json', help='also write the result')
@@ -85,7 +87,7 @@ def run(args, parser):
   for path in args.paths:
     if not os.path.exists(path):
       raise FileNotFoundError(f'{path}: no such folder or .npz file')
-  proto = fid_lib.get_protocol(args.protocol)
+  proto = features.get_protocol(args.protocol)
   needs_net = any(not str(p).endswith('.npz') for p in args.paths)
   extractor = None
   if needs_net:
@@ -108,13 +110,13 @@ def run(args, parser):
     print(f'{path}: {what}, {time.time() - t0:.1f} s', file=sys.stderr)
     stats.append((mu, sigma, n))
   if args.save_stats:
-    fid_lib.save_stats(args.save_stats, stats[0][0], stats[0][1])
+    frechet.save_stats(args.save_stats, stats[0][0], stats[0][1])
     print(f'saved statistics of {args.paths[0]} to {args.save_stats}',
           file=sys.stderr)
   if len(stats) < 2:
     return 0
   (mu1, s1, n1), (mu2, s2, n2) = stats
-  value = fid_lib.frechet_distance(mu1, s1, mu2, s2, method=args.method)
+  value = frechet.frechet_distance(mu1, s1, mu2, s2, method=args.method)
   print(f'FID: {value:.6f}')
   if args.json:
     result = {'fid': value, 'protocol': proto.name,

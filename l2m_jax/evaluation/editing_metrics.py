@@ -226,6 +226,7 @@ def fid_or_skip(real_images, fake_images, inception_checkpoint: str = '',
   if not path.exists():
     raise FileNotFoundError(f'{path}: Inception checkpoint not found')
   from l2m_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
+  from l2m_jax.evaluation import frechet  # pylint: disable=g-import-not-at-top
   extractor = fid.make_extractor(protocol, path)
   stats = []
   for images in (real_images, fake_images):
@@ -235,7 +236,7 @@ def fid_or_skip(real_images, fake_images, inception_checkpoint: str = '',
     stats.append(fid.images_statistics(batches, extractor).result())
   (mu1, s1), (mu2, s2) = stats
   return {'status': 'ok', 'protocol': extractor.protocol.name,
-          'fid': float(fid.frechet_distance(mu1, s1, mu2, s2))}
+          'fid': float(frechet.frechet_distance(mu1, s1, mu2, s2))}
 
 
 # ----------------------------------------------------------------------------

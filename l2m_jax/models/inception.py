@@ -21,8 +21,9 @@ Submodule names equal the PyTorch attribute names, so a torch key
 AuxLogits, dropout and fc are not part of the feature extractor.
 
 Input: NHWC float, already normalised for the protocol (the caller does the
-resizing and normalisation, see `l2m_jax.evaluation.fid`). Output: [N, 2048]
-features after the global average pool; all >= 0 (post-ReLU).
+resizing and normalisation, see `l2m_jax.evaluation.inception_features`).
+Output: [N, 2048] features after the global average pool; all >= 0
+(post-ReLU).
 """
 
 from __future__ import annotations
