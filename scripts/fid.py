@@ -18,12 +18,9 @@ import argparse
 import json
 import pathlib
 import time
-import warnings
 
 from l2m_jax import cli
-from l2m_jax import image_io
 from l2m_jax.convert import inception as convert_inception
-from l2m_jax.convert import torch_to_flax as t2f
 from l2m_jax.evaluation import fid as fid_lib
 from l2m_jax.evaluation import frechet
 from l2m_jax.evaluation import inception_features as features
@@ -64,7 +61,7 @@ def parse_args(argv=None):
   return p, p.parse_args(argv)
 
 
-def run(args, parser):
+def run(parser, args):
   if args.convert_to:
     if not args.weights:
       parser.error('--convert-to needs --weights PATH.pth')
@@ -91,12 +88,9 @@ def run(args, parser):
   needs_net = any(not str(p).endswith('.npz') for p in args.paths)
   extractor = None
   if needs_net:
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter('always')
-      extractor = fid_lib.make_extractor(proto, args.weights,
-                                         batch_size=args.batch_size)
-    for w in caught:
-      print(f'warning: {w.message}', file=sys.stderr)
+    extractor = cli.warnings_printed(
+        fid_lib.make_extractor, proto, args.weights,
+        batch_size=args.batch_size)
     print(f'protocol {proto.name} ({proto.variant} Inception), weights '
           f'sha256 {extractor.weights_id[:16]}..., batch '
           f'{extractor.batch_size} over {extractor.mesh.devices.size} '
@@ -128,13 +122,7 @@ def run(args, parser):
 
 
 def main(argv=None):
-  parser, args = parse_args(argv)
-  try:
-    return run(args, parser)
-  except (FileNotFoundError, NotADirectoryError, FileExistsError, ValueError,
-          t2f.ConversionError, image_io.ImageReadError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  return cli.run_script(run, *parse_args(argv))
 
 
 if __name__ == '__main__':
