@@ -23,6 +23,16 @@ def _load_script(name):
   return module
 
 
+def _converted_model(tmp_path, seed, size=32, w_hpf=0):
+  """A tiny official-format checkpoint converted to <tmp_path>/model."""
+  nets = lc.build_torch_nets(img_size=size, max_conv_dim=8, style_dim=8,
+                             w_hpf=w_hpf, seed=seed)
+  ckpt = lc.save_checkpoint(nets, tmp_path / 'src')
+  assert _load_script('convert_checkpoint').main(
+      [str(ckpt), '--out', str(tmp_path / 'model')]) == 0
+  return tmp_path / 'model'
+
+
 def _inputs(folder):
   folder.mkdir()
   rng = np.random.default_rng(0)
@@ -40,11 +50,7 @@ def _inputs(folder):
     'w_hpf', [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_edit_cli_end_to_end(tmp_path, capsys, w_hpf):
   size = 32
-  nets = lc.build_torch_nets(img_size=size, max_conv_dim=8, style_dim=8,
-                             w_hpf=w_hpf, seed=61)
-  ckpt = lc.save_checkpoint(nets, tmp_path / 'src')
-  conv = _load_script('convert_checkpoint')
-  assert conv.main([str(ckpt), '--out', str(tmp_path / 'model')]) == 0
+  _converted_model(tmp_path, seed=61, size=size, w_hpf=w_hpf)
   inputs = _inputs(tmp_path / 'in')
   edit = _load_script('edit')
   out = tmp_path / 'out'
@@ -75,11 +81,7 @@ def test_edit_cli_end_to_end(tmp_path, capsys, w_hpf):
 
 
 def test_edit_script_runs_as_file(tmp_path):
-  nets = lc.build_torch_nets(img_size=32, max_conv_dim=8, style_dim=8,
-                             w_hpf=0, seed=62)
-  ckpt = lc.save_checkpoint(nets, tmp_path / 'src')
-  _load_script('convert_checkpoint').main([str(ckpt), '--out',
-                                          str(tmp_path / 'model')])
+  _converted_model(tmp_path, seed=62)
   img = tmp_path / 'x.png'
   Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
   r = subprocess.run([sys.executable, 'scripts/edit.py', '--checkpoint',
@@ -110,11 +112,7 @@ def test_edit_script_runs_as_file(tmp_path):
 def test_edit_warns_for_generated_face_models_and_large_inputs(tmp_path,
                                                                capsys):
   """scripts/edit.py says when inputs do not fit what the model knows."""
-  nets = lc.build_torch_nets(img_size=32, max_conv_dim=8, style_dim=8,
-                             w_hpf=0, seed=63)
-  ckpt = lc.save_checkpoint(nets, tmp_path / 'src')
-  _load_script('convert_checkpoint').main([str(ckpt), '--out',
-                                          str(tmp_path / 'model')])
+  _converted_model(tmp_path, seed=63)
   small = tmp_path / 'small'
   small.mkdir()
   Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(small / 's.png')
@@ -156,11 +154,7 @@ def test_edit_uses_every_local_device_and_matches_the_library(
   import jax  # pylint: disable=g-import-not-at-top
   from l2m_jax import editing, image_io, parallel  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
-  nets = lc.build_torch_nets(img_size=32, max_conv_dim=8, style_dim=8,
-                             w_hpf=0, seed=64)
-  ckpt = lc.save_checkpoint(nets, tmp_path / 'src')
-  _load_script('convert_checkpoint').main([str(ckpt), '--out',
-                                          str(tmp_path / 'model')])
+  _converted_model(tmp_path, seed=64)
   inputs = tmp_path / 'in'
   inputs.mkdir()
   rng = np.random.default_rng(5)
