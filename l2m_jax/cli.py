@@ -17,6 +17,7 @@ import importlib.util
 import os
 import pathlib
 import sys
+import warnings
 from typing import Any, Callable, Sequence
 
 from l2m_jax import errors
@@ -54,6 +55,37 @@ def fail(message: str) -> int:
   """Prints `error: message` to stderr; returns the user-error exit code."""
   print(f'error: {message}', file=sys.stderr)
   return errors.EXIT_USER_ERROR
+
+
+def script_errors() -> tuple[type[BaseException], ...]:
+  """What `scripts/*.py` report as user errors: bad paths, files, values."""
+  from l2m_jax import image_io  # pylint: disable=g-import-not-at-top
+  from l2m_jax.convert import torch_to_flax  # pylint: disable=g-import-not-at-top
+  return (FileNotFoundError, NotADirectoryError, FileExistsError, ValueError,
+          torch_to_flax.ConversionError, image_io.ImageReadError)
+
+
+def run_script(fn: Callable[..., int], *args: Any) -> int:
+  """`fn(*args)`, a script's body, -> its exit status.
+
+  A user error (`script_errors`) prints `error: <message>` (no traceback)
+  and gives 2; any other exception is a bug and keeps its traceback.
+  """
+  try:
+    return fn(*args)
+  except script_errors() as e:
+    return fail(str(e))
+
+
+def warnings_printed(fn: Callable[..., Any], *args: Any, **kwargs: Any
+                     ) -> Any:
+  """`fn(*args, **kwargs)`, its warnings printed as `warning: <message>`."""
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    result = fn(*args, **kwargs)
+  for w in caught:
+    print(f'warning: {w.message}', file=sys.stderr)
+  return result
 
 
 def check_out_dir(path: str | os.PathLike, overwrite: bool,

@@ -269,8 +269,9 @@ def edit_val_faces(variables, mc, x: np.ndarray, y: np.ndarray,
     variables, mc: the loaded EMA export and its model config.
     x: float32 [N, S, S, 3] faces in [-1, 1]; y: int32 [N] their domains.
     degrees: edit strengths.
-    batch_size: faces per call; the last batch is zero-padded so that the
-      edit compiles once.
+    batch_size: faces per call, split over every local device
+      (`parallel.map_batches`; the last batch is padded so that the edit
+      compiles once).
 
   Returns:
     uint8 [D, N, S, S, 3]: the edits quantised as saved PNGs are
@@ -278,19 +279,17 @@ def edit_val_faces(variables, mc, x: np.ndarray, y: np.ndarray,
   """
   from l2m_jax import editing  # pylint: disable=g-import-not-at-top
   from l2m_jax import image_io  # pylint: disable=g-import-not-at-top
-  bs = int(batch_size)
-  chunks = []
-  for i in range(0, len(x), bs):
-    xb, yb = x[i:i + bs], y[i:i + bs]
-    n = len(xb)
-    if n < bs:  # one compiled shape
-      xb = np.concatenate([xb, np.zeros((bs - n,) + xb.shape[1:], xb.dtype)])
-      yb = np.concatenate([yb, np.zeros((bs - n,), yb.dtype)])
-    chunks.append(np.asarray(editing.edit_sweep(
-        variables, xb, yb, 1 - yb, np.asarray(degrees, np.float32),
-        config=mc))[:, :n])
-  sweep = np.clip(np.concatenate(chunks, axis=1), -1.0, 1.0)  # [D, N, S, S, 3]
-  return image_io.to_uint8(sweep)
+  from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
+  degrees = np.asarray(degrees, np.float32)
+
+  def sweep(v, batch):
+    images, source, target = batch
+    return editing.edit_sweep(v, images, source, target, degrees, config=mc)
+  y = np.asarray(y)
+  edits = parallel.map_batches(
+      sweep, (x, y, 1 - y), batch_size=int(batch_size), args=(variables,),
+      out_axis=1)  # [D, N, S, S, 3]
+  return image_io.to_uint8(np.clip(edits, -1.0, 1.0))
 
 
 def train_metric_models(config, work: pathlib.Path, val: dict):

@@ -22,6 +22,7 @@ fixed-size batches sharded over this process's devices, through
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import pathlib
 from typing import Any, Sequence
@@ -141,6 +142,121 @@ def parse_delta(text: str, names: Sequence[str]) -> np.ndarray:
       raise ValueError(f'--delta: value {val!r} for {name} is not a number'
                        ) from None
   return vec
+
+
+def add_edit_arguments(parser: Any, *, strengths_help: str,
+                       delta_file_help: str) -> None:
+  """The edit flags of the latent-editing CLIs (see `choose_edit`).
+
+  --mode, --boundaries, --attribute (legacy), --delta, --delta-file
+  (paper), --strengths, --num-devices, --noise and --seed.
+  """
+  parser.add_argument('--mode', choices=('auto', 'legacy', 'paper'),
+                      default='auto',
+                      help='legacy: boundary pre-shift + blend; paper: '
+                      'attribute-change vector; auto: legacy when the mapper '
+                      'has no conditioning input')
+  parser.add_argument('--boundaries',
+                      help='(legacy) boundaries .pt or converted directory')
+  parser.add_argument('--attribute',
+                      help='(legacy) attribute name, e.g. smiling')
+  parser.add_argument('--delta', help='(paper) NAME=VALUE,... over the 40 '
+                      'CelebA attributes')
+  parser.add_argument('--delta-file', help=delta_file_help)
+  parser.add_argument('--strengths', type=float, nargs='+', default=None,
+                      help=strengths_help)
+  parser.add_argument('--num-devices', type=int, default=None,
+                      help='split each batch over this many local devices '
+                      '(data parallel); default: all local devices')
+  parser.add_argument('--noise', choices=('const', 'random', 'none'),
+                      default='const',
+                      help='generator noise: the stored buffers (default, as '
+                      'the unofficial code), random, or none')
+  parser.add_argument('--seed', type=int, default=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class EditChoice:
+  """An edit resolved from the CLI flags (`choose_edit`).
+
+  Attributes:
+    mode: 'legacy' or 'paper'.
+    edit_kw: `direction=` (legacy) or `delta=` (paper) for
+      `LatentEditor.edit_latents`.
+    strengths: the strengths to edit with.
+    attributes: names of the edited attributes (legacy: the boundary's;
+      paper: the non-zero entries of a 40-attribute delta).
+    settings: {attribute} or {delta} for the run's JSON record.
+  """
+  mode: str
+  edit_kw: dict[str, Any]
+  strengths: list[float]
+  attributes: list[str]
+  settings: dict[str, Any]
+
+
+def choose_edit(args: Any, mapper: Any, *,
+                default_legacy_strengths: Sequence[float],
+                rows: int | None = None) -> EditChoice:
+  """Resolves the `add_edit_arguments` flags against a loaded mapper.
+
+  Args:
+    args: the parsed flags (also `args.mapper`, the mapper's path, for
+      messages).
+    mapper: the Latent2Latent module (`cond_dim`, `style_dim`).
+    default_legacy_strengths: strengths when --strengths is not given in
+      legacy mode (paper mode: [1]).
+    rows: the number of latents, when a --delta-file may hold one delta per
+      latent ([rows, A]); only [A] otherwise.
+
+  Raises:
+    ValueError: a missing or contradictory flag, or a file of the wrong
+      shape (the message names it).
+  """
+  from l2m_jax.convert import mapper as cm  # pylint: disable=g-import-not-at-top
+  mode = args.mode
+  if mode == 'auto':
+    mode = 'paper' if mapper.cond_dim else 'legacy'
+  if mode == 'legacy':
+    if not args.boundaries or not args.attribute:
+      raise ValueError('legacy mode needs --boundaries and --attribute')
+    directions, names = cm.load_boundaries(args.boundaries)
+    idx = cm.find_attribute(names, args.attribute, args.boundaries)
+    if directions.shape[1] != mapper.style_dim:
+      raise ValueError(f'{args.boundaries}: directions have width '
+                       f'{directions.shape[1]}, the mapper '
+                       f'{mapper.style_dim}')
+    return EditChoice(mode, dict(direction=directions[idx]),
+                      list(args.strengths or default_legacy_strengths),
+                      [names[idx]], dict(attribute=names[idx]))
+  if not mapper.cond_dim:
+    raise ValueError(f'{args.mapper}: this mapper has no conditioning input '
+                     '(legacy); use --mode legacy')
+  if (args.delta is None) == (args.delta_file is None):
+    raise ValueError('paper mode needs exactly one of --delta and '
+                     '--delta-file')
+  names = list(CELEBA_ATTRIBUTES)
+  if args.delta is not None:
+    if mapper.cond_dim != len(names):
+      raise ValueError(f'--delta names the 40 CelebA attributes but the '
+                       f'mapper has cond_dim {mapper.cond_dim}; use '
+                       '--delta-file')
+    delta = parse_delta(args.delta, names)
+  else:
+    try:
+      delta = np.asarray(np.load(args.delta_file, allow_pickle=False),
+                         np.float32)
+    except (OSError, ValueError) as e:
+      raise ValueError(f'{args.delta_file}: cannot read .npy ({e})') from None
+    shapes = [(mapper.cond_dim,)] + ([] if rows is None else
+                                     [(rows, mapper.cond_dim)])
+    if delta.shape not in shapes:
+      raise ValueError(f'{args.delta_file}: shape {delta.shape}; expected '
+                       + ' or '.join(str(list(s)) for s in shapes))
+  edited = ([n for n, v in zip(names, delta) if v != 0]
+            if delta.shape == (len(names),) else [])
+  return EditChoice(mode, dict(delta=delta), list(args.strengths or [1.0]),
+                    edited, dict(delta=delta.tolist()))
 
 
 def _mesh_and_batch(mesh, batch_size: int):

@@ -161,7 +161,8 @@ def round_up_batch(batch_size: int, mesh: jax.sharding.Mesh,
 
 def map_batches(fn: Callable[..., Any], data: Any, *, batch_size: int,
                 args: Sequence[Any] = (), mesh: jax.sharding.Mesh | None = None,
-                on_batch: Callable[[int], None] | None = None) -> Any:
+                on_batch: Callable[[int], None] | None = None,
+                out_axis: int = 0) -> Any:
   """Applies `fn(*args, batch)` over the leading axis of `data`, in batches.
 
   The one inference batching helper: pads each chunk to `batch_size` rows
@@ -171,8 +172,8 @@ def map_batches(fn: Callable[..., Any], data: Any, *, batch_size: int,
   host work overlaps device work.
 
   Args:
-    fn: a jitted function `(*args, batch) -> outputs`; `batch` and every
-      output leaf carry the batch on their leading axis.
+    fn: a jitted function `(*args, batch) -> outputs`; `batch` carries the
+      batch on its leading axis, every output leaf on `out_axis`.
     data: a pytree of arrays, all with the same leading size N (this
       process's share in a multi-process run).
     batch_size: rows per call; rounded up to a multiple of the device count.
@@ -180,9 +181,12 @@ def map_batches(fn: Callable[..., Any], data: Any, *, batch_size: int,
     mesh: a process-local ('data',) mesh; `local_mesh()` when None.
     on_batch: called with the number of valid rows after each chunk
       (progress bars).
+    out_axis: the batch axis of fn's outputs (1 for `editing.edit_sweep`'s
+      [degrees, B, ...]).
 
   Returns:
-    The outputs as numpy arrays, leading size N (a pytree like fn's output).
+    The outputs as numpy arrays, size N on `out_axis` (a pytree like fn's
+    output).
   """
   mesh = local_mesh() if mesh is None else mesh
   if not all(d.process_index == jax.process_index()
@@ -206,7 +210,8 @@ def map_batches(fn: Callable[..., Any], data: Any, *, batch_size: int,
 
   def collect(item):
     out, valid = item
-    outs.append(jax.tree.map(lambda y: np.asarray(y)[:valid], out))
+    rows = (slice(None),) * out_axis + (slice(valid),)
+    outs.append(jax.tree.map(lambda y: np.asarray(y)[rows], out))
     if on_batch is not None:
       on_batch(valid)
 
@@ -220,7 +225,7 @@ def map_batches(fn: Callable[..., Any], data: Any, *, batch_size: int,
     pending = (out, valid)
   if pending is not None:
     collect(pending)
-  return jax.tree.map(lambda *ys: np.concatenate(ys, axis=0), *outs)
+  return jax.tree.map(lambda *ys: np.concatenate(ys, axis=out_axis), *outs)
 
 
 def prefetch(iterator: Any, put: Callable[[Any], Any], size: int = 2

@@ -1,6 +1,6 @@
 """Prints the one table of a benchmark JSON (scripts/gpu_benchmarks.sh).
 
-  python scripts/bench_report.py gpu_benchmarks.json
+  python3 scripts/bench_report.py gpu_benchmarks.json
 
 Rows pair JAX and torch on the same benchmark, size, batch and dtype; the
 environment (machine, load, versions) of each script run is printed first.

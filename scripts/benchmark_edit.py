@@ -1,6 +1,6 @@
 """Edit throughput: the JAX editing pipelines vs the torch references.
 
-  python scripts/benchmark_edit.py --batch-sizes 1 32 128 \
+  python3 scripts/benchmark_edit.py --batch-sizes 1 32 128 \
       --dtypes float32 bfloat16 --repeats 3 --w-hpf 1 --json edit.json
 
 L2M-GAN edit (images/s). Both sides use the same random weights (a random
@@ -13,7 +13,7 @@ call is excluded; the median of --repeats timed calls is reported, with
 XLA's FLOPs of the compiled edit, TFLOP/s and MFU (scripts/bench_util.py).
 `--tiny` runs the same code at 32 px with narrow networks (test size).
 
-  python scripts/benchmark_edit.py --faces --weights mobilenet0.25_Final.pth \
+  python3 scripts/benchmark_edit.py --faces --weights mobilenet0.25_Final.pth \
       --photos photos/ --repeats 3 --batch-sizes 1 4
 
 Photo pipeline (`--faces`, seconds per photo at --size px, default 1024):

@@ -1,6 +1,6 @@
 """Inception FID feature throughput: JAX (this package) vs the torch reference.
 
-  python scripts/benchmark_fid.py [--batch-size 200] [--iters 5] \
+  python3 scripts/benchmark_fid.py [--batch-size 200] [--iters 5] \
       [--dtypes float32 bfloat16] [--variant torchvision|fid] \
       [--precision highest|default] [--json fid.json]
 

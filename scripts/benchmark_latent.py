@@ -1,8 +1,8 @@
 """Benchmarks the L2L mapper, the StyleGAN2 generator and the photo path.
 
-  python scripts/benchmark_latent.py                       # 256 and 1024 px
-  python scripts/benchmark_latent.py --sizes 256 --repeats 5 --json out.json
-  python scripts/benchmark_latent.py --photo --skip-mapper --sizes \
+  python3 scripts/benchmark_latent.py                       # 256 and 1024 px
+  python3 scripts/benchmark_latent.py --sizes 256 --repeats 5 --json out.json
+  python3 scripts/benchmark_latent.py --photo --skip-mapper --sizes \
       --photo-size 1024 --photo-batch 1 --repeats 1     # photo path only
 
 Measures, on random weights shared by both sides (the in-house torch

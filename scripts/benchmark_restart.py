@@ -1,13 +1,13 @@
 """Restart time of a training run with and without the compilation cache.
 
-  python scripts/benchmark_restart.py [--config configs/tiny.py] [--workdir DIR]
+  python3 scripts/benchmark_restart.py [--config configs/tiny.py] [--workdir DIR]
 
 Makes a small random folder dataset, trains `--steps` steps (the first run
 compiles and, with the cache on, writes the compiled step to
 `<workdir>/xla_cache`), then resumes the run twice for `--steps` more steps
 each: once with `--config.compilation_cache_dir=` (off: the step is compiled
 again) and once with the cache (the step is loaded). Prints the wall time of
-each process (`python -m l2m_jax.main`, start to exit) and of its
+each process (`python3 -m l2m_jax.main`, start to exit) and of its
 compilation as logged. Needs the training stack (tensorflow, tfds, clu,
 ml_collections).
 """

@@ -1,6 +1,6 @@
 """Train-step speed, FLOPs, MFU and memory: JAX step vs the torch reference.
 
-  python scripts/benchmark_train.py --sizes 256 --batches 8,16,32 \
+  python3 scripts/benchmark_train.py --sizes 256 --batches 8,16,32 \
       --dtypes float32,bfloat16 --json train.json
 
 One full L2M-GAN iteration (FAN masks, D step with R1 by double backprop,

@@ -1,8 +1,8 @@
 """Benchmarks one Latent-To-Latent training step, JAX against torch.
 
-  python scripts/benchmark_train_l2l.py                  # 1024 px, batch 2
-  python scripts/benchmark_train_l2l.py --size 256 --batch 4 --repeats 3
-  python scripts/benchmark_train_l2l.py --framework jax --dtype bfloat16
+  python3 scripts/benchmark_train_l2l.py                  # 1024 px, batch 2
+  python3 scripts/benchmark_train_l2l.py --size 256 --batch 4 --repeats 3
+  python3 scripts/benchmark_train_l2l.py --framework jax --dtype bfloat16
 
 One step of the legacy configuration (configs/l2l_legacy.py with the ArcFace
 term on, lambda_face_id = 1): the mapper edit, cycle and zero-edit passes,

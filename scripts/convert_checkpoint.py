@@ -58,42 +58,37 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
   args = parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
+  from l2m_jax import cli  # pylint: disable=g-import-not-at-top
+  return cli.run_script(convert, args)
+
+
+def convert(args) -> int:
+  """The script's body; user errors propagate to `main`."""
   from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
   from l2m_jax import cli  # pylint: disable=g-import-not-at-top
-  try:
-    cli.check_out_dir(args.out, args.overwrite)
-  except FileExistsError as e:
-    return cli.fail(str(e))
+  cli.check_out_dir(args.out, args.overwrite)
   print(f'converting {args.input} ({args.format}) ...', flush=True)
-  try:
-    if args.format == 'retinaface':
-      if args.domains or args.w_hpf is not None or args.allow_missing:
-        print('error: --domains / --w-hpf / --allow-missing do not apply to '
-              '--format retinaface', file=sys.stderr)
-        return 2
-      from l2m_jax.convert import retinaface as rf_convert  # pylint: disable=g-import-not-at-top
-      variables, meta = rf_convert.convert_checkpoint(args.input)
-    elif args.format == 'wing':
-      if args.domains or args.w_hpf is not None:
-        print('error: --domains / --w-hpf apply only to --format nets_ema',
-              file=sys.stderr)
-        return 2
-      from l2m_jax.convert import fan as fan_convert  # pylint: disable=g-import-not-at-top
-      variables, meta = fan_convert.convert_wing_checkpoint(
-          args.input, allow_missing=args.allow_missing)
-    else:
-      from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
-      overrides = {}
-      if args.w_hpf is not None:
-        overrides['w_hpf'] = args.w_hpf
-      variables, meta = l2m_convert.convert_checkpoint(
-          args.input, domains=args.domains, **overrides)
-      print(f"model config: {meta['config']}")
-    t2f.save_converted(args.out, variables, meta, overwrite=args.overwrite)
-  except (t2f.ConversionError, FileNotFoundError, FileExistsError,
-          ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  if args.format == 'retinaface':
+    if args.domains or args.w_hpf is not None or args.allow_missing:
+      return cli.fail('--domains / --w-hpf / --allow-missing do not apply '
+                      'to --format retinaface')
+    from l2m_jax.convert import retinaface as rf_convert  # pylint: disable=g-import-not-at-top
+    variables, meta = rf_convert.convert_checkpoint(args.input)
+  elif args.format == 'wing':
+    if args.domains or args.w_hpf is not None:
+      return cli.fail('--domains / --w-hpf apply only to --format nets_ema')
+    from l2m_jax.convert import fan as fan_convert  # pylint: disable=g-import-not-at-top
+    variables, meta = fan_convert.convert_wing_checkpoint(
+        args.input, allow_missing=args.allow_missing)
+  else:
+    from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
+    overrides = {}
+    if args.w_hpf is not None:
+      overrides['w_hpf'] = args.w_hpf
+    variables, meta = l2m_convert.convert_checkpoint(
+        args.input, domains=args.domains, **overrides)
+    print(f"model config: {meta['config']}")
+  t2f.save_converted(args.out, variables, meta, overwrite=args.overwrite)
   n = len(meta.get('key_map', {}))
   print(f"wrote {args.out} (format {meta['format']}, {n} tensors mapped, "
         f"{len(meta.get('ignored', []))} ignored)")

@@ -41,98 +41,88 @@ import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sub = p.add_subparsers(dest='kind', required=True)
-  g = sub.add_parser('stylegan2', help='stylegan2-pytorch g_ema / pSp-e4e-ReStyle '
-                     'decoder')
-  g.add_argument('input')
-  g.add_argument('--out', required=True, help='output directory')
+
+  def kind(name, description):
+    """A sub-command: the input file, --out and --overwrite."""
+    k = sub.add_parser(name, help=description)
+    k.add_argument('input')
+    k.add_argument('--out', required=True, help='output directory')
+    k.add_argument('--overwrite', action='store_true',
+                   help='replace an existing non-empty --out')
+    return k
+  samples_help = 'z samples for latent_avg when the file has none'
+  g = kind('stylegan2', 'stylegan2-pytorch g_ema / pSp-e4e-ReStyle decoder')
   g.add_argument('--key', default='g_ema',
-                 help='generator entry in a stylegan2-pytorch dict (default g_ema)')
+                 help='generator entry in a stylegan2-pytorch dict (default '
+                 'g_ema)')
   g.add_argument('--size', type=int, help='expected resolution (checked)')
   g.add_argument('--style-dim', type=int, help='expected latent width')
   g.add_argument('--n-mlp', type=int, help='expected mapping depth')
   g.add_argument('--channel-multiplier', type=int,
                  help='expected channel multiplier (2 = config-f)')
   g.add_argument('--mean-latent-samples', type=int, default=10000,
-                 help='z samples for latent_avg when the file has none')
-  g.add_argument('--overwrite', action='store_true')
-  m = sub.add_parser('mapper', help='Latent-To-Latent mapper state_dict')
-  m.add_argument('input')
-  m.add_argument('--out', required=True)
+                 help=samples_help)
+  m = kind('mapper', 'Latent-To-Latent mapper state_dict')
   m.add_argument('--preset', choices=('legacy', 'paper'), default='legacy')
   m.add_argument('--n-latent', type=int, default=18,
                  help='W+ rows of the generator (18 at 1024 px)')
   m.add_argument('--cond-dim', type=int,
                  help='attributes A of a paper-mode mapper (default 40)')
-  m.add_argument('--overwrite', action='store_true')
-  b = sub.add_parser('boundaries', help='InterFaceGAN boundaries file')
-  b.add_argument('input')
-  b.add_argument('--out', required=True)
-  b.add_argument('--overwrite', action='store_true')
-  e = sub.add_parser('encoder', help='ReStyle-e4e checkpoint (encoder + '
-                     'its generator in <out>/generator)')
-  e.add_argument('input')
-  e.add_argument('--out', required=True)
+  kind('boundaries', 'InterFaceGAN boundaries file')
+  e = kind('encoder', 'ReStyle-e4e checkpoint (encoder + its generator in '
+           '<out>/generator)')
   e.add_argument('--mean-latent-samples', type=int, default=10000,
-                 help='z samples for latent_avg when the file has none')
-  e.add_argument('--overwrite', action='store_true')
-  a = sub.add_parser('arcface', help="pSp's ArcFace model_ir_se50.pth")
-  a.add_argument('input')
-  a.add_argument('--out', required=True)
-  a.add_argument('--overwrite', action='store_true')
-  c = sub.add_parser('classifier', help='BranchedTiny.ckpt attribute '
-                     'classifier')
-  c.add_argument('input')
-  c.add_argument('--out', required=True)
-  c.add_argument('--overwrite', action='store_true')
+                 help=samples_help)
+  kind('arcface', "pSp's ArcFace model_ir_se50.pth")
+  kind('classifier', 'BranchedTiny.ckpt attribute classifier')
   return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-  args = parse_args(argv)
+  from l2m_jax import cli  # pylint: disable=g-import-not-at-top
+  return cli.run_script(run, parse_args(argv))
+
+
+def run(args) -> int:
+  """The script's body; user errors propagate to `main`."""
   from l2m_jax.convert import mapper as cm  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import stylegan2 as cs  # pylint: disable=g-import-not-at-top
   from l2m_jax import cli  # pylint: disable=g-import-not-at-top
-  from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
-  try:
-    cli.check_out_dir(args.out, args.overwrite)
-    if args.kind == 'stylegan2':
-      config = None
-      given = dict(size=args.size, style_dim=args.style_dim, n_mlp=args.n_mlp,
-                   channel_multiplier=args.channel_multiplier)
-      if any(v is not None for v in given.values()):
-        config = given
-      if args.mean_latent_samples < 1:
-        raise ValueError('--mean-latent-samples must be >= 1')
-      cs.convert_file(args.input, args.out, config=config, key=args.key,
-                      mean_latent_samples=args.mean_latent_samples,
-                      overwrite=args.overwrite)
-    elif args.kind == 'mapper':
-      if args.n_latent < 9:
-        raise ValueError(f'--n-latent {args.n_latent}: must be >= 9 (coarse '
-                         'rows 0-3, medium 4-7, fine 8+)')
-      cm.convert_file(args.input, args.out, preset=args.preset,
-                      n_latent=args.n_latent, cond_dim=args.cond_dim,
-                      overwrite=args.overwrite)
-    elif args.kind == 'boundaries':
-      cm.convert_boundaries_file(args.input, args.out,
-                                 overwrite=args.overwrite)
-    elif args.kind == 'encoder':
-      from l2m_jax.convert import restyle as crs  # pylint: disable=g-import-not-at-top
-      if args.mean_latent_samples < 1:
-        raise ValueError('--mean-latent-samples must be >= 1')
-      crs.convert_file(args.input, args.out,
-                       mean_latent_samples=args.mean_latent_samples,
-                       overwrite=args.overwrite)
-    elif args.kind == 'arcface':
-      from l2m_jax.convert import arcface as carc  # pylint: disable=g-import-not-at-top
-      carc.convert_file(args.input, args.out, overwrite=args.overwrite)
-    else:
-      from l2m_jax.convert import branched_tiny as cbt  # pylint: disable=g-import-not-at-top
-      cbt.convert_file(args.input, args.out, overwrite=args.overwrite)
-  except (FileNotFoundError, FileExistsError, ValueError,
-          t2f.ConversionError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  cli.check_out_dir(args.out, args.overwrite)
+  if args.kind == 'stylegan2':
+    config = None
+    given = dict(size=args.size, style_dim=args.style_dim, n_mlp=args.n_mlp,
+                 channel_multiplier=args.channel_multiplier)
+    if any(v is not None for v in given.values()):
+      config = given
+    if args.mean_latent_samples < 1:
+      raise ValueError('--mean-latent-samples must be >= 1')
+    cs.convert_file(args.input, args.out, config=config, key=args.key,
+                    mean_latent_samples=args.mean_latent_samples,
+                    overwrite=args.overwrite)
+  elif args.kind == 'mapper':
+    if args.n_latent < 9:
+      raise ValueError(f'--n-latent {args.n_latent}: must be >= 9 (coarse '
+                       'rows 0-3, medium 4-7, fine 8+)')
+    cm.convert_file(args.input, args.out, preset=args.preset,
+                    n_latent=args.n_latent, cond_dim=args.cond_dim,
+                    overwrite=args.overwrite)
+  elif args.kind == 'boundaries':
+    cm.convert_boundaries_file(args.input, args.out,
+                               overwrite=args.overwrite)
+  elif args.kind == 'encoder':
+    from l2m_jax.convert import restyle as crs  # pylint: disable=g-import-not-at-top
+    if args.mean_latent_samples < 1:
+      raise ValueError('--mean-latent-samples must be >= 1')
+    crs.convert_file(args.input, args.out,
+                     mean_latent_samples=args.mean_latent_samples,
+                     overwrite=args.overwrite)
+  elif args.kind == 'arcface':
+    from l2m_jax.convert import arcface as carc  # pylint: disable=g-import-not-at-top
+    carc.convert_file(args.input, args.out, overwrite=args.overwrite)
+  else:
+    from l2m_jax.convert import branched_tiny as cbt  # pylint: disable=g-import-not-at-top
+    cbt.convert_file(args.input, args.out, overwrite=args.overwrite)
   return 0
 
 

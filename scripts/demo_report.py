@@ -1,7 +1,7 @@
 """Markdown tables for docs/demo.md from demo runs' metrics.json.
 
-  python scripts/demo_report.py runs/demo                  # one run
-  python scripts/demo_report.py full=/tmp/abl_full nomask=/tmp/abl_nomask ...
+  python3 scripts/demo_report.py runs/demo                  # one run
+  python3 scripts/demo_report.py full=/tmp/abl_full nomask=/tmp/abl_nomask ...
 
 An argument is a demo workdir or a metrics.json file, optionally prefixed
 with `label=` (default label: the workdir's name). One run prints the

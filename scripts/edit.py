@@ -72,7 +72,8 @@ def parse_args(argv=None):
                  help='write into a non-empty --out (same-name files are '
                  'replaced)')
   p.add_argument('--batch-size', type=int, default=8,
-                 help='images per device batch (default 8)')
+                 help='images per call, split over every local device '
+                 '(rounded up to a multiple of the device count; default 8)')
   p.add_argument('--strict', action='store_true',
                  help='stop (exit 2) if any input image is unreadable '
                  'instead of skipping it')
@@ -94,10 +95,19 @@ def _fail(msg: str) -> int:
   return 2
 
 
+def _sweep_fn(source, target, degrees, config):
+  """`(variables, images [B, ...]) -> edits [D, B, ...]` for map_batches."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from l2m_jax import editing  # pylint: disable=g-import-not-at-top
+  degrees = np.asarray(degrees, np.float32)
+  return lambda v, x: editing.edit_sweep(v, x, source, target, degrees,
+                                         config=config)
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from l2m_jax import cli, editing, image_io  # pylint: disable=g-import-not-at-top
+  from l2m_jax import cli, editing, image_io, parallel  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
 
@@ -171,22 +181,19 @@ def main(argv=None) -> int:
     names = [f'{i:04d}_{n}' for i, n in enumerate(names)]
   x = np.stack(images)
 
-  # Edit in fixed-size batches (the last is padded: one compilation).
-  degrees = np.asarray(args.degrees, np.float32)
-  bs = min(args.batch_size, len(x))
-  outs = []
+  # Edit in fixed-size batches over every local device (the last batch is
+  # padded: one compilation).
   t0 = time.time()
-  for i in range(0, len(x), bs):
-    batch = x[i:i + bs]
-    n = len(batch)
-    if n < bs:
-      batch = np.concatenate([batch, np.repeat(batch[-1:], bs - n, 0)])
-    out = editing.edit_sweep(variables, batch, source, target, degrees,
-                             config=config)
-    outs.append(np.asarray(out)[:, :n])
-    print(f'  edited {min(i + bs, len(x))}/{len(x)} images '
-          f'({time.time() - t0:.1f}s)', flush=True)
-  edited = np.concatenate(outs, axis=1)  # [D, N, S, S, 3]
+  done = [0]
+
+  def report(valid):
+    done[0] += valid
+    print(f'  edited {done[0]}/{len(x)} images ({time.time() - t0:.1f}s)',
+          flush=True)
+  edited = parallel.map_batches(
+      _sweep_fn(source, target, args.degrees, config), x,
+      batch_size=min(args.batch_size, len(x)), args=(variables,),
+      on_batch=report, out_axis=1)  # [D, N, S, S, 3]
 
   out_dir = pathlib.Path(args.out)
   for d, a in enumerate(args.degrees):
@@ -206,9 +213,10 @@ def main(argv=None) -> int:
 
 def _edit_photos(args, paths, variables, config, source, target) -> int:
   """`--align`: detect, align, edit and paste back, photo by photo."""
+  import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from l2m_jax import editing, image_io  # pylint: disable=g-import-not-at-top
+  from l2m_jax import image_io, parallel  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import retinaface as rf_convert  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
 
@@ -222,7 +230,7 @@ def _edit_photos(args, paths, variables, config, source, target) -> int:
       return _fail(f'{len(bad)} unreadable image(s) (--strict): '
                    + ', '.join(p for p, _ in bad))
   out_dir = pathlib.Path(args.out)
-  degrees = np.asarray(args.degrees, np.float32)
+  sweep = _sweep_fn(source, target, args.degrees, config)
   rows = []
   bs = args.batch_size
   run = face_photos.PhotoRun(
@@ -233,19 +241,14 @@ def _edit_photos(args, paths, variables, config, source, target) -> int:
     faces = photo.faces
     x = np.stack([image_io.pil_to_array(Image.fromarray(f.crop),
                                         config.img_size) for f in faces])
-    # Batches of a power of two up to --batch-size (the last one padded):
-    # a few compilations in all, little wasted work for one or two faces.
+    # Batches of a power of two up to --batch-size (the last one padded),
+    # over as many local devices as they fill: a few compilations in all,
+    # little wasted work for one or two faces.
     rows_per_call = min(bs, 1 << (len(x) - 1).bit_length())
-    edited = []
-    for i in range(0, len(x), rows_per_call):
-      chunk = x[i:i + rows_per_call]
-      n = len(chunk)
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:],
-                                               rows_per_call - n, 0)])
-      out = editing.edit_sweep(variables, chunk, source, target, degrees,
-                               config=config)
-      edited.append(np.asarray(out)[:, :n])
-    edited = image_io.to_uint8(np.concatenate(edited, axis=1))  # [D, F, ...]
+    mesh = parallel.local_mesh(min(rows_per_call, jax.local_device_count()))
+    edited = image_io.to_uint8(parallel.map_batches(
+        sweep, x, batch_size=rows_per_call, args=(variables,), mesh=mesh,
+        out_axis=1))  # [D, F, S, S, 3]
     for k, name in enumerate(photo.face_names()):
       image_io.save_image(out_dir / 'aligned' / f'{name}.png', x[k])
       for d, a in enumerate(args.degrees):

@@ -1,6 +1,6 @@
 """Edits face photos with Latent-To-Latent: invert, edit, render, measure.
 
-  python scripts/edit_photo.py --images photos/ \
+  python3 scripts/edit_photo.py --images photos/ \
       --encoder converted/restyle_e4e_ffhq --mapper converted/l2l_smiling \
       --boundaries boundaries_anycost-ffhq-config-f.pt --attribute smiling \
       --arcface converted/arcface --classifier converted/branched_tiny \
@@ -31,7 +31,7 @@ Writes to --out:
 Ordinary photos (--align): a face anywhere in the frame, tilted, any size,
 several faces.
 
-  python scripts/edit_photo.py --align \
+  python3 scripts/edit_photo.py --align \
       --detector mobilenet0.25_Final.pth --images photos/ ... --out edits/
 
 Every face is detected with RetinaFace (--detector: the user's own copy of
@@ -75,6 +75,7 @@ from l2m_jax import face_photos  # pylint: disable=g-import-not-at-top,wrong-imp
 
 
 def parse_args(argv=None):
+  from l2m_jax import latent_editing as le  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(
       description='Invert aligned face photos with ReStyle-e4e, edit them '
       'with a Latent-To-Latent mapper and measure identity and attributes. '
@@ -97,31 +98,13 @@ def parse_args(argv=None):
   p.add_argument('--n-iters', type=int, default=5,
                  help='ReStyle refinement iterations (default 5, as the '
                  'unofficial Latent-To-Latent code)')
-  p.add_argument('--mode', choices=('auto', 'legacy', 'paper'),
-                 default='auto',
-                 help='legacy: boundary pre-shift + blend; paper: attribute-'
-                 'change vector; auto: legacy when the mapper has no '
-                 'conditioning input')
-  p.add_argument('--boundaries',
-                 help='(legacy) boundaries .pt or converted directory')
-  p.add_argument('--attribute', help='(legacy) attribute name, e.g. smiling')
-  p.add_argument('--delta',
-                 help='(paper) NAME=VALUE,... over the 40 CelebA attributes')
-  p.add_argument('--delta-file',
-                 help='(paper) .npy attribute-change vector [A]')
-  p.add_argument('--strengths', type=float, nargs='+', default=None,
-                 help='legacy: pre-shift factors k (default 2, the '
-                 'unofficial code); paper: multipliers of the delta vector '
-                 '(default 1)')
+  le.add_edit_arguments(
+      p, delta_file_help='(paper) .npy attribute-change vector [A]',
+      strengths_help='legacy: pre-shift factors k (default 2, the '
+      'unofficial code); paper: multipliers of the delta vector (default 1)')
   p.add_argument('--batch-size', type=int, default=4,
                  help='photos (faces with --align) per compiled call, '
                  'rounded up to a multiple of the device count (default 4)')
-  p.add_argument('--num-devices', type=int, default=None,
-                 help='local devices to split batches over (default: all)')
-  p.add_argument('--noise', choices=('const', 'random', 'none'),
-                 default='const', help='generator noise for the renders: '
-                 'the stored buffers (default), random or none')
-  p.add_argument('--seed', type=int, default=0)
   p.add_argument('--grid-size', type=int, default=256,
                  help='cell size of grid.png in pixels (default 256)')
   p.add_argument('--grid-rows', type=int, default=32,
@@ -187,52 +170,6 @@ def _read_photos(paths, image_io, size):
   if len(set(names)) != len(names):
     names = [f'{i:04d}_{n}' for i, n in enumerate(names)]
   return (np.stack(photos) if photos else None), kept, names, skipped
-
-
-def _edit_settings(args, mapper, le, cm):
-  """(mode, edit kwargs, strengths, edited attribute names, settings)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  mode = args.mode
-  if mode == 'auto':
-    mode = 'paper' if mapper.cond_dim else 'legacy'
-  if mode == 'legacy':
-    if not args.boundaries or not args.attribute:
-      raise UsageError('legacy mode needs --boundaries and --attribute')
-    directions, names = cm.load_boundaries(args.boundaries)
-    idx = cm.find_attribute(names, args.attribute, args.boundaries)
-    if directions.shape[1] != mapper.style_dim:
-      raise UsageError(f'{args.boundaries}: directions have width '
-                       f'{directions.shape[1]}, the mapper '
-                       f'{mapper.style_dim}')
-    strengths = args.strengths or [2.0]
-    return (mode, dict(direction=directions[idx]), strengths, [names[idx]],
-            dict(attribute=names[idx]))
-  if not mapper.cond_dim:
-    raise UsageError(f'{args.mapper}: this mapper has no conditioning input '
-                     '(legacy); use --mode legacy')
-  if (args.delta is None) == (args.delta_file is None):
-    raise UsageError('paper mode needs exactly one of --delta and '
-                     '--delta-file')
-  names = list(le.CELEBA_ATTRIBUTES)
-  if args.delta is not None:
-    if mapper.cond_dim != len(names):
-      raise UsageError(f'--delta names the 40 CelebA attributes but the '
-                       f'mapper has cond_dim {mapper.cond_dim}; use '
-                       '--delta-file')
-    delta = le.parse_delta(args.delta, names)
-  else:
-    try:
-      delta = np.asarray(np.load(args.delta_file, allow_pickle=False),
-                         np.float32)
-    except (OSError, ValueError) as e:
-      raise UsageError(f'{args.delta_file}: cannot read .npy ({e})') from None
-    if delta.shape != (mapper.cond_dim,):
-      raise UsageError(f'{args.delta_file}: shape {delta.shape}; expected '
-                       f'[{mapper.cond_dim}]')
-  edited = ([n for n, v in zip(names, delta) if v != 0]
-            if len(delta) == len(names) else [])
-  return (mode, dict(delta=delta), args.strengths or [1.0], edited,
-          dict(delta=delta.tolist()))
 
 
 def _cells(images, size, resize):
@@ -381,10 +318,15 @@ def _edit_aligned(run, editor, out, batch_size):
 
 
 def main(argv=None) -> int:
-  args = parse_args(argv)
+  from l2m_jax import cli  # pylint: disable=g-import-not-at-top
+  return cli.run_script(edit_photos, parse_args(argv))
+
+
+def edit_photos(args) -> int:
+  """The script's body; user errors propagate to `main`."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  from l2m_jax import image_io  # pylint: disable=g-import-not-at-top
+  from l2m_jax import cli, image_io  # pylint: disable=g-import-not-at-top
   from l2m_jax import latent_editing as le  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import mapper as cm  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import retinaface as rf_convert  # pylint: disable=g-import-not-at-top
@@ -393,131 +335,125 @@ def main(argv=None) -> int:
   from l2m_jax.models import restyle  # pylint: disable=g-import-not-at-top
 
   out = pathlib.Path(args.out)
+  for flag, v, lo in (('--batch-size', args.batch_size, 1),
+                      ('--n-iters', args.n_iters, 1),
+                      ('--grid-size', args.grid_size, 8),
+                      ('--grid-rows', args.grid_rows, 1)):
+    if v < lo:
+      raise UsageError(f'{flag} {v}: must be >= {lo}')
+  if args.strengths and not all(np.isfinite(args.strengths)):
+    raise UsageError(f'--strengths must be finite, got {args.strengths}')
   try:
-    for flag, v, lo in (('--batch-size', args.batch_size, 1),
-                        ('--n-iters', args.n_iters, 1),
-                        ('--grid-size', args.grid_size, 8),
-                        ('--grid-rows', args.grid_rows, 1)):
-      if v < lo:
-        raise UsageError(f'{flag} {v}: must be >= {lo}')
-    if args.strengths and not all(np.isfinite(args.strengths)):
-      raise UsageError(f'--strengths must be finite, got {args.strengths}')
+    face_photos.check_align_arguments(args)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  cli.check_out_dir(out, args.overwrite)
+  paths, others = _collect_inputs(pathlib.Path(args.images), image_io)
+  for p in others:
+    print(f'note: ignoring {p}: not an image file '
+          f'({", ".join(image_io.IMAGE_EXTENSIONS)})', file=sys.stderr)
+  if args.align:
+    # Photos are read one by one as the run goes; --strict checks them all
+    # before anything runs.
+    bad = image_io.find_unreadable(paths) if args.strict else []
+    if bad:
+      raise UsageError(f'{len(bad)} unreadable image(s) (--strict): '
+                       + ', '.join(p for p, _ in bad))
+    n_inputs = f'{len(paths)} photo(s)'
+  else:
+    photos, kept, names, skipped = _read_photos(paths, image_io,
+                                                restyle.INPUT_SIZE)
+    for s in skipped:
+      print(f'warning: skipping {s["file"]}: {s["reason"]}',
+            file=sys.stderr)
+    if skipped and args.strict:
+      raise UsageError(f'{len(skipped)} unusable image(s) (--strict): '
+                       + ', '.join(s['file'] for s in skipped))
+    if photos is None:
+      raise UsageError(f'{args.images}: no readable square image')
+    n_inputs = f'{len(names)} photo(s)'
+
+  # The edit settings first (the mapper is small): mistakes there are
+  # reported before the large networks load.
+  mapper, _, _ = cm.load_mapper(args.mapper)
+  choice = le.choose_edit(args, mapper, default_legacy_strengths=[2.0])
+  mode, edit_kw, strengths = choice.mode, choice.edit_kw, choice.strengths
+  settings = choice.settings
+  attrs = [a for a in choice.attributes if a in branched_tiny.ATTRIBUTES]
+  detector = None
+  if args.align:
     try:
-      face_photos.check_align_arguments(args)
-    except ValueError as e:
-      raise UsageError(str(e)) from None
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-      raise FileExistsError(f'{out}: exists and is not empty (pass '
-                            '--overwrite)')
-    paths, others = _collect_inputs(pathlib.Path(args.images), image_io)
-    for p in others:
-      print(f'note: ignoring {p}: not an image file '
-            f'({", ".join(image_io.IMAGE_EXTENSIONS)})', file=sys.stderr)
-    if args.align:
-      # Photos are read one by one as the run goes; --strict checks them all
-      # before anything runs.
-      bad = image_io.find_unreadable(paths) if args.strict else []
-      if bad:
-        raise UsageError(f'{len(bad)} unreadable image(s) (--strict): '
-                         + ', '.join(p for p, _ in bad))
-      n_inputs = f'{len(paths)} photo(s)'
-    else:
-      photos, kept, names, skipped = _read_photos(paths, image_io,
-                                                  restyle.INPUT_SIZE)
-      for s in skipped:
-        print(f'warning: skipping {s["file"]}: {s["reason"]}',
-              file=sys.stderr)
-      if skipped and args.strict:
-        raise UsageError(f'{len(skipped)} unusable image(s) (--strict): '
-                         + ', '.join(s['file'] for s in skipped))
-      if photos is None:
-        raise UsageError(f'{args.images}: no readable square image')
-      n_inputs = f'{len(names)} photo(s)'
+      detector, _ = rf_convert.load_retinaface(args.detector)
+    except (FileNotFoundError, ValueError, t2f.ConversionError) as e:
+      raise UsageError(f'--detector: {e}') from None
+  mesh = None
+  if args.num_devices is not None:
+    from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
+    mesh = parallel.make_mesh(args.num_devices)
+  t0 = time.time()
+  pe, _ = le.load_photo_editor(
+      args.encoder, args.mapper, arcface_dir=args.arcface,
+      classifier_dir=args.classifier, generator_dir=args.generator,
+      batch_size=args.batch_size, noise_mode=args.noise, seed=args.seed,
+      mesh=mesh)
+  if pe.identity is None:
+    print('note: no --arcface: identity metrics are left out',
+          file=sys.stderr)
+  if pe.attributes is None:
+    print('note: no --classifier: attribute metrics are left out',
+          file=sys.stderr)
+  print(f'loaded encoder, {pe.editor.generator.size} px generator and '
+        f'mapper in {time.time() - t0:.1f}s; mode {mode}, strengths '
+        f'{strengths}, {n_inputs}, {args.n_iters} ReStyle '
+        'iteration(s)', flush=True)
 
-    # The edit settings first (the mapper is small): mistakes there are
-    # reported before the large networks load.
-    mapper, _, _ = cm.load_mapper(args.mapper)
-    mode, edit_kw, strengths, attrs, settings = _edit_settings(
-        args, mapper, le, cm)
-    attrs = [a for a in attrs if a in branched_tiny.ATTRIBUTES]
-    detector = None
-    if args.align:
-      try:
-        detector, _ = rf_convert.load_retinaface(args.detector)
-      except (FileNotFoundError, ValueError, t2f.ConversionError) as e:
-        raise UsageError(f'--detector: {e}') from None
-    mesh = None
-    if args.num_devices is not None:
-      from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
-      mesh = parallel.make_mesh(args.num_devices)
-    t0 = time.time()
-    pe, _ = le.load_photo_editor(
-        args.encoder, args.mapper, arcface_dir=args.arcface,
-        classifier_dir=args.classifier, generator_dir=args.generator,
-        batch_size=args.batch_size, noise_mode=args.noise, seed=args.seed,
-        mesh=mesh)
-    if pe.identity is None:
-      print('note: no --arcface: identity metrics are left out',
-            file=sys.stderr)
-    if pe.attributes is None:
-      print('note: no --classifier: attribute metrics are left out',
-            file=sys.stderr)
-    print(f'loaded encoder, {pe.editor.generator.size} px generator and '
-          f'mapper in {time.time() - t0:.1f}s; mode {mode}, strengths '
-          f'{strengths}, {n_inputs}, {args.n_iters} ReStyle '
-          'iteration(s)', flush=True)
-
-    out.mkdir(parents=True, exist_ok=True)
-    editor = _Editor(pe, args, out, strengths, edit_kw, attrs)
-    bs = pe.editor.batch_size
-    t0 = time.time()
-    if args.align:
-      run = face_photos.PhotoRun(
-          detector, paths, style='ffhq', output_size=1024,
-          max_faces=args.max_faces, min_score=args.min_score,
-          detect_max_size=args.detect_max_size, feather=args.feather,
-          progress=not args.no_progress)
-      _edit_aligned(run, editor, out, bs)
-      skipped = run.skipped
-      run.write_json(out / 'faces.json', detector=str(args.detector))
-    else:
-      bar = tqdm(total=len(names), unit='photo', desc='photos',
-                 disable=args.no_progress)
-      for start in range(0, len(names), bs):
-        x = photos[start:start + bs]
-        editor(x, names[start:start + bs],
-               [dict(file=str(kept[start + i]), name=names[start + i])
-                for i in range(len(x))])
-        bar.update(len(x))
-      bar.close()
-    elapsed = time.time() - t0
-    editor.save()
-    align_settings = {}
-    if args.align:
-      align_settings = dict(align=True, detector=str(args.detector),
-                            max_faces=args.max_faces,
-                            min_score=args.min_score,
-                            detect_max_size=args.detect_max_size,
-                            feather=args.feather)
-    metrics = dict(
-        settings=dict(mode=mode, strengths=[float(v) for v in strengths],
-                      n_iters=args.n_iters, noise=args.noise,
-                      encoder=args.encoder, mapper=args.mapper,
-                      arcface=args.arcface, classifier=args.classifier,
-                      edited_attributes=attrs, **align_settings, **settings),
-        images=editor.records, skipped=skipped,
-        ignored=[str(p) for p in others],
-        seconds=elapsed)
-    with open(out / 'metrics.json', 'w') as f:
-      json.dump(metrics, f, indent=1)
-    what = (f'{len(editor.records)} face(s) in {run.edited_photos} photo(s)'
-            if args.align else f'{len(editor.records)} photo(s)')
-    print(f'edited {what} x {len(strengths)} strength(s) in {elapsed:.1f}s '
-          f'(includes compilation); wrote {out}')
-  except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,
-          t2f.ConversionError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  out.mkdir(parents=True, exist_ok=True)
+  editor = _Editor(pe, args, out, strengths, edit_kw, attrs)
+  bs = pe.editor.batch_size
+  t0 = time.time()
+  if args.align:
+    run = face_photos.PhotoRun(
+        detector, paths, style='ffhq', output_size=1024,
+        max_faces=args.max_faces, min_score=args.min_score,
+        detect_max_size=args.detect_max_size, feather=args.feather,
+        progress=not args.no_progress)
+    _edit_aligned(run, editor, out, bs)
+    skipped = run.skipped
+    run.write_json(out / 'faces.json', detector=str(args.detector))
+  else:
+    bar = tqdm(total=len(names), unit='photo', desc='photos',
+               disable=args.no_progress)
+    for start in range(0, len(names), bs):
+      x = photos[start:start + bs]
+      editor(x, names[start:start + bs],
+             [dict(file=str(kept[start + i]), name=names[start + i])
+              for i in range(len(x))])
+      bar.update(len(x))
+    bar.close()
+  elapsed = time.time() - t0
+  editor.save()
+  align_settings = {}
+  if args.align:
+    align_settings = dict(align=True, detector=str(args.detector),
+                          max_faces=args.max_faces,
+                          min_score=args.min_score,
+                          detect_max_size=args.detect_max_size,
+                          feather=args.feather)
+  metrics = dict(
+      settings=dict(mode=mode, strengths=[float(v) for v in strengths],
+                    n_iters=args.n_iters, noise=args.noise,
+                    encoder=args.encoder, mapper=args.mapper,
+                    arcface=args.arcface, classifier=args.classifier,
+                    edited_attributes=attrs, **align_settings, **settings),
+      images=editor.records, skipped=skipped,
+      ignored=[str(p) for p in others],
+      seconds=elapsed)
+  with open(out / 'metrics.json', 'w') as f:
+    json.dump(metrics, f, indent=1)
+  what = (f'{len(editor.records)} face(s) in {run.edited_photos} photo(s)'
+          if args.align else f'{len(editor.records)} photo(s)')
+  print(f'edited {what} x {len(strengths)} strength(s) in {elapsed:.1f}s '
+        f'(includes compilation); wrote {out}')
   if skipped:
     print(f'{len(skipped)} input(s) skipped', file=sys.stderr)
     return 1

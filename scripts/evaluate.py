@@ -17,15 +17,12 @@ import os, sys  # pylint: disable=g-multiple-import
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
-import pathlib
 import time
-import warnings
 
 from l2m_jax import cli
-from l2m_jax import image_io
 from l2m_jax.convert import inception as convert_inception
-from l2m_jax.convert import torch_to_flax as t2f
 from l2m_jax.evaluation import fid as fid_lib
+from l2m_jax.evaluation import inception_features as features
 from l2m_jax.evaluation import l2m_eval
 
 
@@ -44,7 +41,7 @@ def parse_args(argv=None):
                  help='Inception weights (.pth or converted folder); default '
                  '$L2M_INCEPTION_WEIGHTS')
   p.add_argument('--protocol', default='stargan_v2',
-                 choices=fid_lib.PROTOCOL_CHOICES,
+                 choices=features.PROTOCOL_CHOICES,
                  help='FID protocol (default %(default)s = the official one)')
   p.add_argument('--degree', type=float, default=1.0,
                  help='edit degree (official default %(default)s)')
@@ -68,7 +65,7 @@ def parse_args(argv=None):
   return p, p.parse_args(argv)
 
 
-def run(args, parser):
+def run(parser, args):
   from l2m_jax.convert import l2m as convert_l2m  # pylint: disable=g-import-not-at-top
   val_dir = args.val_dir or (args.data and os.path.join(args.data, 'val'))
   train_dir = args.train_dir or (args.data and os.path.join(args.data,
@@ -89,12 +86,9 @@ def run(args, parser):
   variables, config = convert_l2m.load_l2m_checkpoint(args.checkpoint)
   print(f'checkpoint {args.checkpoint}: img_size {config.img_size}, domains '
         f'{list(config.domains)}', file=sys.stderr)
-  with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter('always')
-    extractor = fid_lib.make_extractor(args.protocol, args.inception_weights,
-                                       batch_size=args.batch_size)
-  for w in caught:
-    print(f'warning: {w.message}', file=sys.stderr)
+  extractor = cli.warnings_printed(
+      fid_lib.make_extractor, args.protocol, args.inception_weights,
+      batch_size=args.batch_size)
   cache = None if str(args.cache_dir).lower() == 'none' else args.cache_dir
   t0 = time.time()
   results = l2m_eval.evaluate_l2m(
@@ -111,13 +105,7 @@ def run(args, parser):
 
 
 def main(argv=None):
-  parser, args = parse_args(argv)
-  try:
-    return run(args, parser)
-  except (FileNotFoundError, NotADirectoryError, FileExistsError, ValueError,
-          t2f.ConversionError, image_io.ImageReadError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  return cli.run_script(run, *parse_args(argv))
 
 
 if __name__ == '__main__':

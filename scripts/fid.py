@@ -18,13 +18,12 @@ import argparse
 import json
 import pathlib
 import time
-import warnings
 
 from l2m_jax import cli
-from l2m_jax import image_io
 from l2m_jax.convert import inception as convert_inception
-from l2m_jax.convert import torch_to_flax as t2f
 from l2m_jax.evaluation import fid as fid_lib
+from l2m_jax.evaluation import frechet
+from l2m_jax.evaluation import inception_features as features
 
 
 def parse_args(argv=None):
@@ -35,7 +34,7 @@ def parse_args(argv=None):
                  help='image folder or .npz statistics file (two for a FID, '
                  'one with --save-stats)')
   p.add_argument('--protocol', default='stargan_v2',
-                 choices=fid_lib.PROTOCOL_CHOICES,
+                 choices=features.PROTOCOL_CHOICES,
                  help='stargan_v2 (= l2m_official: torchvision ImageNet '
                  'Inception, PIL resize, ImageNet normalisation; the L2M-GAN '
                  'paper protocol) or standard (= pytorch_fid: FID Inception, '
@@ -49,7 +48,7 @@ def parse_args(argv=None):
   p.add_argument('--batch-size', type=int, default=None,
                  help='global batch size (default: 32 for stargan_v2, 50 '
                  'for standard); rounded up to a multiple of the devices')
-  p.add_argument('--method', default='eigvals', choices=fid_lib.METHODS,
+  p.add_argument('--method', default='eigvals', choices=frechet.METHODS,
                  help='trace-sqrt method (default %(default)s; reference = '
                  'scipy sqrtm as pytorch-fid)')
   p.add_argument('--json', metavar='OUT.json', help='also write the result')
@@ -62,7 +61,7 @@ def parse_args(argv=None):
   return p, p.parse_args(argv)
 
 
-def run(args, parser):
+def run(parser, args):
   if args.convert_to:
     if not args.weights:
       parser.error('--convert-to needs --weights PATH.pth')
@@ -85,16 +84,13 @@ def run(args, parser):
   for path in args.paths:
     if not os.path.exists(path):
       raise FileNotFoundError(f'{path}: no such folder or .npz file')
-  proto = fid_lib.get_protocol(args.protocol)
+  proto = features.get_protocol(args.protocol)
   needs_net = any(not str(p).endswith('.npz') for p in args.paths)
   extractor = None
   if needs_net:
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter('always')
-      extractor = fid_lib.make_extractor(proto, args.weights,
-                                         batch_size=args.batch_size)
-    for w in caught:
-      print(f'warning: {w.message}', file=sys.stderr)
+    extractor = cli.warnings_printed(
+        fid_lib.make_extractor, proto, args.weights,
+        batch_size=args.batch_size)
     print(f'protocol {proto.name} ({proto.variant} Inception), weights '
           f'sha256 {extractor.weights_id[:16]}..., batch '
           f'{extractor.batch_size} over {extractor.mesh.devices.size} '
@@ -108,13 +104,13 @@ def run(args, parser):
     print(f'{path}: {what}, {time.time() - t0:.1f} s', file=sys.stderr)
     stats.append((mu, sigma, n))
   if args.save_stats:
-    fid_lib.save_stats(args.save_stats, stats[0][0], stats[0][1])
+    frechet.save_stats(args.save_stats, stats[0][0], stats[0][1])
     print(f'saved statistics of {args.paths[0]} to {args.save_stats}',
           file=sys.stderr)
   if len(stats) < 2:
     return 0
   (mu1, s1, n1), (mu2, s2, n2) = stats
-  value = fid_lib.frechet_distance(mu1, s1, mu2, s2, method=args.method)
+  value = frechet.frechet_distance(mu1, s1, mu2, s2, method=args.method)
   print(f'FID: {value:.6f}')
   if args.json:
     result = {'fid': value, 'protocol': proto.name,
@@ -126,13 +122,7 @@ def run(args, parser):
 
 
 def main(argv=None):
-  parser, args = parse_args(argv)
-  try:
-    return run(args, parser)
-  except (FileNotFoundError, NotADirectoryError, FileExistsError, ValueError,
-          t2f.ConversionError, image_io.ImageReadError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  return cli.run_script(run, *parse_args(argv))
 
 
 if __name__ == '__main__':

@@ -1,6 +1,6 @@
 """Where the CPU time of Inception features goes: convolutions, JAX vs torch.
 
-  python scripts/profile_cpu_convs.py [--batch-size 8] [--repeats 5]
+  python3 scripts/profile_cpu_convs.py [--batch-size 8] [--repeats 5]
 
 Records the shape of every convolution of the torchvision Inception-v3 (the
 FID network) on a --batch-size batch of 299x299 images, then times each

@@ -23,6 +23,16 @@ def _load_script(name):
   return module
 
 
+def _converted_model(tmp_path, seed, size=32, w_hpf=0):
+  """A tiny official-format checkpoint converted to <tmp_path>/model."""
+  nets = lc.build_torch_nets(img_size=size, max_conv_dim=8, style_dim=8,
+                             w_hpf=w_hpf, seed=seed)
+  ckpt = lc.save_checkpoint(nets, tmp_path / 'src')
+  assert _load_script('convert_checkpoint').main(
+      [str(ckpt), '--out', str(tmp_path / 'model')]) == 0
+  return tmp_path / 'model'
+
+
 def _inputs(folder):
   folder.mkdir()
   rng = np.random.default_rng(0)
@@ -40,11 +50,7 @@ def _inputs(folder):
     'w_hpf', [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_edit_cli_end_to_end(tmp_path, capsys, w_hpf):
   size = 32
-  nets = lc.build_torch_nets(img_size=size, max_conv_dim=8, style_dim=8,
-                             w_hpf=w_hpf, seed=61)
-  ckpt = lc.save_checkpoint(nets, tmp_path / 'src')
-  conv = _load_script('convert_checkpoint')
-  assert conv.main([str(ckpt), '--out', str(tmp_path / 'model')]) == 0
+  _converted_model(tmp_path, seed=61, size=size, w_hpf=w_hpf)
   inputs = _inputs(tmp_path / 'in')
   edit = _load_script('edit')
   out = tmp_path / 'out'
@@ -75,11 +81,7 @@ def test_edit_cli_end_to_end(tmp_path, capsys, w_hpf):
 
 
 def test_edit_script_runs_as_file(tmp_path):
-  nets = lc.build_torch_nets(img_size=32, max_conv_dim=8, style_dim=8,
-                             w_hpf=0, seed=62)
-  ckpt = lc.save_checkpoint(nets, tmp_path / 'src')
-  _load_script('convert_checkpoint').main([str(ckpt), '--out',
-                                          str(tmp_path / 'model')])
+  _converted_model(tmp_path, seed=62)
   img = tmp_path / 'x.png'
   Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
   r = subprocess.run([sys.executable, 'scripts/edit.py', '--checkpoint',
@@ -110,11 +112,7 @@ def test_edit_script_runs_as_file(tmp_path):
 def test_edit_warns_for_generated_face_models_and_large_inputs(tmp_path,
                                                                capsys):
   """scripts/edit.py says when inputs do not fit what the model knows."""
-  nets = lc.build_torch_nets(img_size=32, max_conv_dim=8, style_dim=8,
-                             w_hpf=0, seed=63)
-  ckpt = lc.save_checkpoint(nets, tmp_path / 'src')
-  _load_script('convert_checkpoint').main([str(ckpt), '--out',
-                                          str(tmp_path / 'model')])
+  _converted_model(tmp_path, seed=63)
   small = tmp_path / 'small'
   small.mkdir()
   Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(small / 's.png')
@@ -147,3 +145,54 @@ def test_edit_warns_for_generated_face_models_and_large_inputs(tmp_path,
   err = run(tmp_path / 'model', small)
   assert 'warning: this checkpoint was trained on the generated' in err
   assert 'docs/editing.md' in err
+
+
+def test_edit_uses_every_local_device_and_matches_the_library(
+    tmp_path, monkeypatch, capsys):
+  """scripts/edit.py splits each batch over all 4 local devices, and its
+  edits equal `editing.edit_sweep` called directly on all images at once."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from l2m_jax import editing, image_io, parallel  # pylint: disable=g-import-not-at-top
+  from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
+  _converted_model(tmp_path, seed=64)
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  rng = np.random.default_rng(5)
+  for i in range(5):
+    Image.fromarray(rng.integers(0, 255, (40, 36, 3), np.uint8)).save(
+        inputs / f'f{i}.png')
+  calls, results = [], []
+  real_map_batches = parallel.map_batches
+
+  def spy(fn, data, **kwargs):
+    def recording_fn(*args):
+      calls.append((args[-1].shape, args[-1].sharding.device_set))
+      return fn(*args)
+    out = real_map_batches(recording_fn, data, **kwargs)
+    results.append(out)
+    return out
+  monkeypatch.setattr(parallel, 'map_batches', spy)
+  rc = _load_script('edit').main(
+      ['--checkpoint', str(tmp_path / 'model'), '--input', str(inputs),
+       '--target', 'smile', '--degrees', '0', '1', '--out',
+       str(tmp_path / 'out'), '--batch-size', '3'])
+  assert rc == 0, capsys.readouterr().err
+  # --batch-size 3 rounds up to 4 (4 devices): a full batch, then 1 image
+  # padded to 4; every batch is split over every local device.
+  assert [shape[0] for shape, _ in calls] == [4, 4]
+  assert all(devs == set(jax.local_devices()) for _, devs in calls)
+  assert len(jax.local_devices()) == 4
+  variables, config = l2m_convert.load_l2m_checkpoint(tmp_path / 'model')
+  x = image_io.load_images(image_io.list_images(inputs), 32)
+  target = config.domain_index('smile')
+  want = np.asarray(editing.edit_sweep(
+      variables, x, 1 - target, target, np.asarray([0.0, 1.0], np.float32),
+      config=config))
+  (edited,) = results
+  assert edited.shape == want.shape == (2, 5, 32, 32, 3)
+  np.testing.assert_allclose(edited, want, atol=1e-5, rtol=0)
+  for d, deg in enumerate(('0', '1')):
+    for i in range(5):
+      with Image.open(tmp_path / 'out' / f'degree_{deg}' / f'f{i}.png') as im:
+        np.testing.assert_array_equal(np.asarray(im),
+                                      image_io.to_uint8(edited[d, i]))

@@ -1,8 +1,10 @@
 """scripts/edit_latent.py and l2m_jax.latent_editing on small models."""
 
+import argparse
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -162,3 +164,44 @@ def test_cli_runs_as_script(tmp_path):
                      capture_output=True, text=True, check=False)
   assert r.returncode == 2 and 'error:' in r.stderr
   assert 'Traceback' not in r.stderr
+
+
+def test_choose_edit_resolves_the_paper_mode_flags(tmp_path):
+  """The edit flags shared by edit_latent.py and edit_photo.py."""
+  parser = argparse.ArgumentParser()
+  le.add_edit_arguments(parser, strengths_help='s', delta_file_help='d')
+  parser.add_argument('--mapper', default='m_dir')
+  mapper = types.SimpleNamespace(cond_dim=40, style_dim=512)
+  names = list(le.CELEBA_ATTRIBUTES)
+
+  args = parser.parse_args(['--delta', 'smiling=0.5,young=-1'])
+  choice = le.choose_edit(args, mapper, default_legacy_strengths=[2.0])
+  want = np.zeros(40, np.float32)
+  want[names.index('smiling')], want[names.index('young')] = 0.5, -1.0
+  assert choice.mode == 'paper' and choice.strengths == [1.0]
+  np.testing.assert_array_equal(choice.edit_kw['delta'], want)
+  assert choice.attributes == [n for n in names if n in ('smiling', 'young')]
+  assert choice.settings == {'delta': want.tolist()}
+
+  per_row = tmp_path / 'rows.npy'
+  np.save(per_row, np.ones((3, 40), np.float32))
+  args = parser.parse_args(['--delta-file', str(per_row), '--strengths', '2'])
+  choice = le.choose_edit(args, mapper, default_legacy_strengths=[2.0],
+                          rows=3)
+  assert choice.edit_kw['delta'].shape == (3, 40) and choice.strengths == [2.0]
+  assert choice.attributes == []
+  with pytest.raises(ValueError, match=r'shape \(3, 40\); expected \[40\]$'):
+    le.choose_edit(args, mapper, default_legacy_strengths=[2.0])
+  with pytest.raises(ValueError, match=r'expected \[40\] or \[2, 40\]'):
+    le.choose_edit(args, mapper, default_legacy_strengths=[2.0], rows=2)
+  with pytest.raises(ValueError, match='exactly one of --delta'):
+    le.choose_edit(parser.parse_args([]), mapper,
+                   default_legacy_strengths=[2.0])
+  with pytest.raises(ValueError, match='m_dir: this mapper has no '
+                     'conditioning input'):
+    le.choose_edit(parser.parse_args(['--mode', 'paper']),
+                   types.SimpleNamespace(cond_dim=0, style_dim=512),
+                   default_legacy_strengths=[2.0])
+  with pytest.raises(ValueError, match='needs --boundaries and --attribute'):
+    le.choose_edit(parser.parse_args(['--mode', 'legacy']), mapper,
+                   default_legacy_strengths=[2.0])

@@ -194,7 +194,19 @@ def test_usage_errors(run, tmp_path, capsys, change, msg):
   assert msg in capsys.readouterr().err
 
 
-def test_existing_output_needs_overwrite(run, capsys):
+def test_existing_output_needs_overwrite(run, capsys, tmp_path):
   assert (run['out'] / 'metrics.json').is_file()
+  before = sorted(p.relative_to(run['out']) for p in run['out'].rglob('*'))
   assert edit_photo.main(run['argv']) == 2
-  assert '--overwrite' in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert f"--out {run['out']}: already exists and is not empty; pass " \
+      '--overwrite' in err, err
+  assert sorted(p.relative_to(run['out'])
+                for p in run['out'].rglob('*')) == before
+  # A file given as --out: refused before anything is read.
+  argv = list(run['argv'])
+  argv[argv.index('--out') + 1] = str(tmp_path / 'a_file')
+  (tmp_path / 'a_file').write_text('keep')
+  assert edit_photo.main(argv) == 2
+  assert 'is a file, expected a directory' in capsys.readouterr().err
+  assert (tmp_path / 'a_file').read_text() == 'keep'

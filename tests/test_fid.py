@@ -14,6 +14,8 @@ from scipy import linalg
 
 from l2m_jax import image_io
 from l2m_jax.evaluation import fid as fid_lib
+from l2m_jax.evaluation import frechet
+from l2m_jax.evaluation import inception_features as features
 from third_party.torchvision_compat import import_torchvision
 
 import_torchvision()
@@ -48,51 +50,51 @@ def test_frechet_matches_scipy_sqrtm(n1, n2):
   want = _scipy_fid(mu1, s1, mu2, s2)
   want_pf = pf_fid.calculate_frechet_distance(mu1, s1, mu2, s2)
   for method in ('eigvals', 'reference'):
-    got = fid_lib.frechet_distance(mu1, s1, mu2, s2, method=method)
+    got = frechet.frechet_distance(mu1, s1, mu2, s2, method=method)
     assert abs(got - want) <= 1e-6 * abs(want), (method, got, want)
     assert abs(got - want_pf) <= 1e-6 * abs(want_pf), (method, got, want_pf)
-  got = fid_lib.frechet_distance(mu1, s1, mu2, s2, method='eigh')
+  got = frechet.frechet_distance(mu1, s1, mu2, s2, method='eigh')
   assert abs(got - want) <= 1e-5 * max(1.0, abs(want))
   assert want > 1.0
 
 
-@pytest.mark.parametrize('method', fid_lib.METHODS)
+@pytest.mark.parametrize('method', frechet.METHODS)
 def test_frechet_closed_forms(method):
   rng = np.random.default_rng(0)
   d = 32
   mu, sigma = _random_stats(rng, d, 200)
-  assert abs(fid_lib.frechet_distance(mu, sigma, mu, sigma, method)) < 1e-8
+  assert abs(frechet.frechet_distance(mu, sigma, mu, sigma, method)) < 1e-8
   # pytorch-fid's test: equal covariances leave |mu1 - mu2|^2.
   eye = np.eye(d)
-  assert fid_lib.frechet_distance(np.zeros(d), eye, np.ones(d), eye,
+  assert frechet.frechet_distance(np.zeros(d), eye, np.ones(d), eye,
                                   method) == pytest.approx(d, rel=1e-12)
   # Commuting covariances: Q diag(a) Q^T, Q diag(b) Q^T.
   a, b = rng.uniform(0.1, 2, d), rng.uniform(0.1, 2, d)
   mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
   want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-  got = fid_lib.frechet_distance(mu1, np.diag(a), mu2, np.diag(b), method)
+  got = frechet.frechet_distance(mu1, np.diag(a), mu2, np.diag(b), method)
   assert got == pytest.approx(want, rel=1e-9)
   q, _ = np.linalg.qr(rng.standard_normal((d, d)))
-  got = fid_lib.frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2,
+  got = frechet.frechet_distance(mu1, q @ np.diag(a) @ q.T, mu2,
                                  q @ np.diag(b) @ q.T, method)
   assert got == pytest.approx(want, rel=1e-8)
   # Scaled covariance: (1 - c)^2 tr S.
   c = 1.7
-  got = fid_lib.frechet_distance(mu, sigma, mu, c * c * sigma, method)
+  got = frechet.frechet_distance(mu, sigma, mu, c * c * sigma, method)
   assert got == pytest.approx((1 - c) ** 2 * np.trace(sigma), rel=1e-6)
   # Symmetry.
   mu2, s2 = _random_stats(rng, d, 150)
-  assert fid_lib.frechet_distance(mu, sigma, mu2, s2, method) == pytest.approx(
-      fid_lib.frechet_distance(mu2, s2, mu, sigma, method), rel=1e-9)
+  assert frechet.frechet_distance(mu, sigma, mu2, s2, method) == pytest.approx(
+      frechet.frechet_distance(mu2, s2, mu, sigma, method), rel=1e-9)
 
 
 def test_frechet_bad_inputs():
   with pytest.raises(ValueError, match='feature dimensions differ: 3 vs 4'):
-    fid_lib.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    frechet.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
   with pytest.raises(ValueError, match='sigma must be'):
-    fid_lib.frechet_distance(np.zeros(3), np.eye(4), np.zeros(3), np.eye(3))
+    frechet.frechet_distance(np.zeros(3), np.eye(4), np.zeros(3), np.eye(3))
   with pytest.raises(ValueError, match='method='):
-    fid_lib.frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(3),
+    frechet.frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(3),
                              method='bogus')
 
 
@@ -107,18 +109,18 @@ def test_streaming_stats_match_numpy_and_ignore_batching():
                                                            rowvar=False)
   results = []
   for sizes in ([257], [1, 256], [50] * 5 + [7], [100, 100, 57]):
-    s = fid_lib.StreamingStats()
+    s = frechet.StreamingStats()
     start = 0
     for k in sizes:
       s.update(x[start:start + k])
       start += k
     results.append(s.result())
   order = rng.permutation(257)
-  s = fid_lib.StreamingStats()
+  s = frechet.StreamingStats()
   s.update(x[order[:100]])
   s.update(x[order[100:]])
   results.append(s.result())
-  a, b = fid_lib.StreamingStats(), fid_lib.StreamingStats()
+  a, b = frechet.StreamingStats(), frechet.StreamingStats()
   a.update(x[:30])
   b.update(x[30:])
   a.merge(b)
@@ -128,7 +130,7 @@ def test_streaming_stats_match_numpy_and_ignore_batching():
     np.testing.assert_allclose(cov, want_cov, rtol=1e-9, atol=1e-12)
   with pytest.raises(ValueError, match='feature dimension 3'):
     a.update(np.zeros((2, 3)))
-  one = fid_lib.StreamingStats()
+  one = frechet.StreamingStats()
   one.update(x[:1])
   with pytest.raises(ValueError, match='at least 2 images'):
     one.cov()
@@ -142,16 +144,16 @@ def test_stats_file_round_trip_with_pytorch_fid(tmp_path):
   rng = np.random.default_rng(0)
   mu1, s1 = _random_stats(rng, 24, 100)
   mu2, s2 = _random_stats(rng, 24, 80)
-  ours = fid_lib.save_stats(tmp_path / 'a.npz', mu1, s1)
+  ours = frechet.save_stats(tmp_path / 'a.npz', mu1, s1)
   theirs = tmp_path / 'b.npz'
   np.savez_compressed(theirs, mu=mu2, sigma=s2)  # pytorch-fid --save-stats
   m, s = pf_fid.compute_statistics_of_path(str(ours), None, 1, 24, 'cpu')
   np.testing.assert_array_equal(m, mu1)
   np.testing.assert_array_equal(s, s1)
-  m, s = fid_lib.load_stats(theirs)
+  m, s = frechet.load_stats(theirs)
   np.testing.assert_array_equal(m, mu2)
   np.testing.assert_array_equal(s, s2)
-  got = fid_lib.frechet_distance(*fid_lib.load_stats(ours), m, s)
+  got = frechet.frechet_distance(*frechet.load_stats(ours), m, s)
   assert got == pytest.approx(pf_fid.calculate_frechet_distance(mu1, s1, mu2,
                                                                 s2), rel=1e-6)
 
@@ -160,21 +162,21 @@ def test_stats_file_errors(tmp_path):
   bad = tmp_path / 'nokeys.npz'
   np.savez(bad, mean=np.zeros(3))
   with pytest.raises(ValueError, match='missing key.*mu, sigma'):
-    fid_lib.load_stats(bad)
+    frechet.load_stats(bad)
   bad = tmp_path / 'shape.npz'
   np.savez(bad, mu=np.zeros(3), sigma=np.zeros((3, 2)))
   with pytest.raises(ValueError, match=r'sigma must be \[3, 3\]'):
-    fid_lib.load_stats(bad)
+    frechet.load_stats(bad)
   bad = tmp_path / 'garbage.npz'
   bad.write_bytes(b'not a zip')
   with pytest.raises(ValueError, match='garbage.npz'):
-    fid_lib.load_stats(bad)
+    frechet.load_stats(bad)
   with pytest.raises(FileNotFoundError):
-    fid_lib.load_stats(tmp_path / 'absent.npz')
+    frechet.load_stats(tmp_path / 'absent.npz')
   ok = tmp_path / 'ok.npz'
   np.savez(ok, mu=np.zeros(3), sigma=np.eye(3))
   with pytest.raises(ValueError, match='dimension 3, expected 2048'):
-    fid_lib.load_stats(ok, dim=2048)
+    frechet.load_stats(ok, dim=2048)
 
 
 # ---------------------------------------------------------------------------
@@ -203,10 +205,10 @@ def test_stargan_v2_preprocessing_matches_torchvision(tmp_path):
                          t.Normalize(mean=[0.485, 0.456, 0.406],
                                      std=[0.229, 0.224, 0.225])])
   files = _write_images(tmp_path, np.random.default_rng(0))
-  norm = jax.jit(lambda u: fid_lib.device_normalize(u, 'stargan_v2'))
+  norm = jax.jit(lambda u: features.device_normalize(u, 'stargan_v2'))
   for f in files:
     want = transform(Image.open(f).convert('RGB')).numpy().transpose(1, 2, 0)
-    got = np.asarray(norm(fid_lib.load_image(f, 'stargan_v2')[None]))[0]
+    got = np.asarray(norm(features.load_image(f, 'stargan_v2')[None]))[0]
     np.testing.assert_allclose(got, want, atol=1e-6, err_msg=str(f))
 
 
@@ -218,8 +220,8 @@ def test_standard_preprocessing_matches_pytorch_fid_resize(tmp_path):
     x = torch.nn.functional.interpolate(x, size=(299, 299), mode='bilinear',
                                         align_corners=False)
     want = (2 * x - 1)[0].numpy().transpose(1, 2, 0)
-    u8 = fid_lib.load_image(f, 'standard')
-    got = np.asarray(fid_lib.device_normalize(u8[None], 'standard'))[0]
+    u8 = features.load_image(f, 'standard')
+    got = np.asarray(features.device_normalize(u8[None], 'standard'))[0]
     np.testing.assert_allclose(got, want, atol=2e-6, err_msg=str(f))
 
 
@@ -231,10 +233,10 @@ def test_in_memory_path_equals_png_path(tmp_path):
   for i, im in enumerate(x):
     image_io.save_image(tmp_path / f'{i}.png', im)
   for proto in ('stargan_v2', 'standard'):
-    for i, im in enumerate(fid_lib.quantize(x)):
+    for i, im in enumerate(features.quantize(x)):
       np.testing.assert_array_equal(
-          fid_lib.host_preprocess(im, proto),
-          fid_lib.load_image(tmp_path / f'{i}.png', proto))
+          features.host_preprocess(im, proto),
+          features.load_image(tmp_path / f'{i}.png', proto))
 
 
 def test_file_discovery_rules(tmp_path):
@@ -244,12 +246,12 @@ def test_file_discovery_rules(tmp_path):
                                   format='PNG' if 'png' in name.lower()
                                   or name.endswith('.txt') else None)
   names = lambda fs: sorted(str(p.relative_to(tmp_path)) for p in fs)  # pylint: disable=unnecessary-lambda-assignment
-  assert names(fid_lib.list_images(tmp_path, 'stargan_v2')) == [
+  assert names(features.list_images(tmp_path, 'stargan_v2')) == [
       'a.png', 'b.JPG', 'sub/d.jpg']
-  assert names(fid_lib.list_images(tmp_path, 'pytorch_fid')) == [
+  assert names(features.list_images(tmp_path, 'pytorch_fid')) == [
       'a.png', 'f.webp']
   with pytest.raises(ValueError, match='protocol='):
-    fid_lib.get_protocol('tf')
+    features.get_protocol('tf')
 
 
 # ---------------------------------------------------------------------------
@@ -299,7 +301,7 @@ def test_folder_statistics_match_pytorch_fid_pipeline(tmp_path):
   with torch.no_grad():
     want_mu, want_sigma = pf_fid.calculate_activation_statistics(
         files, model, batch_size=3, dims=8, device='cpu', num_workers=0)
-  ext = fid_lib.FeatureExtractor('standard', features_fn=features_fn,
+  ext = features.FeatureExtractor('standard', features_fn=features_fn,
                                  batch_size=3)  # padded to 4 devices
   stats = fid_lib.folder_statistics(folder, ext, progress=False)
   assert stats.n == 8
@@ -316,7 +318,7 @@ def test_pytorch_fid_statistics_example(tmp_path):
   def pixel_mean(variables, x):
     del variables
     return jnp.mean((x + 1) / 2, axis=(1, 2))
-  ext = fid_lib.FeatureExtractor('standard', features_fn=pixel_mean,
+  ext = features.FeatureExtractor('standard', features_fn=pixel_mean,
                                  batch_size=2)
   mu, sigma = fid_lib.folder_statistics(tmp_path, ext,
                                         progress=False).result()
@@ -325,7 +327,7 @@ def test_pytorch_fid_statistics_example(tmp_path):
 
 
 def test_folder_errors(tmp_path):
-  ext = fid_lib.FeatureExtractor(
+  ext = features.FeatureExtractor(
       'stargan_v2', features_fn=lambda v, x: jnp.mean(x, axis=(1, 2)),
       batch_size=4)
   empty = tmp_path / 'empty'
@@ -341,7 +343,7 @@ def test_folder_errors(tmp_path):
   with pytest.raises(FileNotFoundError):
     fid_lib.folder_statistics(tmp_path / 'absent', ext, progress=False)
   with pytest.raises(ValueError, match='variables'):
-    fid_lib.FeatureExtractor('standard')
+    features.FeatureExtractor('standard')
 
 
 # ---------------------------------------------------------------------------
@@ -394,15 +396,15 @@ def test_sigma_must_be_a_symmetric_psd_matrix(tmp_path):
   mu, sigma = _random_stats(rng, 16, 60)
   # A valid covariance, also singular (fewer samples than dims) and with
   # float round-off, passes.
-  fid_lib.check_statistics(mu, sigma)
+  frechet.check_statistics(mu, sigma)
   low_rank = np.cov(rng.standard_normal((5, 16)), rowvar=False)
   assert np.linalg.matrix_rank(low_rank) == 4
-  fid_lib.check_statistics(mu, low_rank - 1e-14 * np.eye(16))
+  frechet.check_statistics(mu, low_rank - 1e-14 * np.eye(16))
   # Not symmetric.
   skew = sigma.copy()
   skew[0, 1] += 0.01 * np.abs(sigma).max()
   with pytest.raises(ValueError, match='not symmetric'):
-    fid_lib.frechet_distance(mu, skew, mu, sigma)
+    frechet.frechet_distance(mu, skew, mu, sigma)
   # Symmetric but indefinite (one negative eigenvalue): identical statistics
   # gave a negative FID before the check.
   w, v = np.linalg.eigh(sigma)
@@ -410,23 +412,23 @@ def test_sigma_must_be_a_symmetric_psd_matrix(tmp_path):
   indefinite = (v * w) @ v.T
   assert np.linalg.eigvalsh(indefinite)[0] < 0
   with pytest.raises(ValueError, match='not positive semi-definite'):
-    fid_lib.frechet_distance(mu, indefinite, mu, indefinite)
+    frechet.frechet_distance(mu, indefinite, mu, indefinite)
   with pytest.raises(ValueError, match='not positive semi-definite'):
-    fid_lib.frechet_distance(mu, -np.eye(16), mu, -np.eye(16))
+    frechet.frechet_distance(mu, -np.eye(16), mu, -np.eye(16))
   # Stats files are checked the same way, naming the file.
   np.savez(tmp_path / 'neg.npz', mu=mu, sigma=indefinite)
   with pytest.raises(ValueError, match='neg.npz: sigma is not positive'):
-    fid_lib.load_stats(tmp_path / 'neg.npz')
+    frechet.load_stats(tmp_path / 'neg.npz')
 
 
 def test_fewer_images_than_dimensions_warns():
   rng = np.random.default_rng(8)
-  stats = fid_lib.StreamingStats('my_folder')
+  stats = frechet.StreamingStats('my_folder')
   stats.update(rng.standard_normal((5, 2048)))
-  with pytest.warns(fid_lib.SingularCovarianceWarning,
+  with pytest.warns(frechet.SingularCovarianceWarning,
                     match='my_folder: 5 images for 2048 feature dimensions'):
     stats.cov()
-  enough = fid_lib.StreamingStats('x')
+  enough = frechet.StreamingStats('x')
   enough.update(rng.standard_normal((40, 16)))
   with warnings.catch_warnings():
     warnings.simplefilter('error')
@@ -437,7 +439,7 @@ def test_one_image_is_an_error_naming_the_folder(tmp_path):
   folder = tmp_path / 'only_one'
   folder.mkdir()
   Image.new('RGB', (8, 8)).save(folder / 'a.png')
-  ext = fid_lib.FeatureExtractor(
+  ext = features.FeatureExtractor(
       'stargan_v2', features_fn=lambda v, x: jnp.mean(x, axis=(1, 2)),
       batch_size=4)
   with pytest.raises(ValueError) as e:

@@ -18,7 +18,7 @@ for name in %(blocked)r:
     raise SystemExit(f'{name} was not blocked')
 import jax, jax.numpy as jnp, numpy as np
 from l2m_jax import checkpointing, editing, errors, losses, parallel, train_l2m
-from l2m_jax.evaluation import fid
+from l2m_jax.evaluation import fid, frechet, inception_features
 from l2m_jax.models import fan, inception, l2m, resnet, stargan_v2
 from l2m_jax.plain_config import PlainConfig
 from configs import l2m_celebahq

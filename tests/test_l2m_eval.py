@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from l2m_jax import image_io
-from l2m_jax.evaluation import fid as fid_lib
+from l2m_jax.evaluation import frechet
+from l2m_jax.evaluation import inception_features as features
 from l2m_jax.evaluation import l2m_eval
 from tests import test_inception
 from third_party.torchvision_compat import import_torchvision
@@ -95,7 +96,7 @@ def test_protocol_matches_independent_reference(tmp_path):
       tmp_path / 'data', rng,
       {'val': {'a': 4, 'b': 3}, 'train': {'a': 5, 'b': 6}})
   tmodel = _TorchConv().eval()
-  extractor = fid_lib.FeatureExtractor(
+  extractor = features.FeatureExtractor(
       'stargan_v2', features_fn=_jax_features_fn(tmodel), weights_id='w1',
       batch_size=4)
   cache, eval_dir = tmp_path / 'cache', tmp_path / 'eval'
@@ -154,7 +155,7 @@ def test_protocol_errors(tmp_path):
   rng = np.random.default_rng(1)
   val_dir, train_dir = _make_layout(
       tmp_path / 'data', rng, {'val': {'a': 2, 'b': 2}, 'train': {'a': 2}})
-  ext = fid_lib.FeatureExtractor(
+  ext = features.FeatureExtractor(
       'stargan_v2', features_fn=lambda v, x: jnp.mean(x, axis=(1, 2)),
       batch_size=4)
   with pytest.raises(FileNotFoundError, match=r"domain\(s\) \['b'\]"):
@@ -233,7 +234,7 @@ def test_fid_cli_real_inception_end_to_end(inception_pth, tmp_path, capsys):
   want = pf_fid.calculate_frechet_distance(*stats[0], *stats[1])
   print(f'end-to-end fid, jax {got:.6f} torch {want:.6f}')
   assert got == pytest.approx(want, rel=1e-4)
-  mu, sigma = fid_lib.load_stats(stats_out)
+  mu, sigma = frechet.load_stats(stats_out)
   np.testing.assert_allclose(mu, stats[0][0], atol=1e-4)
   # The saved statistics are usable in place of the folder.
   assert _script('fid').main([str(stats_out), str(folders[1]), '--weights',

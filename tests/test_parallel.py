@@ -163,6 +163,27 @@ def test_map_batches_matches_unbatched_apply():
   assert seen == [8, 3]
 
 
+def test_map_batches_splits_every_batch_over_all_local_devices():
+  """Each call gets a 4-device sharded batch; out_axis=1 outputs unpad."""
+  rng = np.random.default_rng(4)
+  x = rng.standard_normal((7, 3)).astype(np.float32)
+  jitted = jax.jit(lambda s, b: jnp.stack([b * s, b + s]))  # [2, B, 3]
+  shardings = []
+
+  def fn(s, b):
+    shardings.append(b.sharding)
+    return jitted(s, b)
+  seen = []
+  out = parallel.map_batches(fn, x, batch_size=4, args=(np.float32(2.0),),
+                             on_batch=seen.append, out_axis=1)
+  assert seen == [4, 3]  # a ragged last batch, padded to 4 and unpadded
+  assert len(shardings) == 2
+  for sharding in shardings:
+    assert sharding.device_set == set(jax.local_devices())
+    assert sharding.shard_shape((4, 3)) == (1, 3)
+  np.testing.assert_array_equal(out, np.stack([x * 2, x + 2]))
+
+
 def test_map_batches_errors():
   fn = jax.jit(lambda b: b)
   with pytest.raises(ValueError, match='leading sizes'):

@@ -112,24 +112,17 @@ def convert_file(path: str, out_dir: str | None = None,
   obj = t2f.load_torch_file(path)
   sd = extract_state_dict(obj, str(path))
   variables, cfg, key_map = convert_state_dict(sd, str(path))
-  t2f.check_against_template(str(path), variables,
-                             variables_template(build_model(cfg)))
   log(f'{path}: ArcFace IR-SE-{cfg["num_layers"]}, {cfg["input_size"]} px, '
       f'{len(key_map)} tensors mapped')
-  meta = dict(format=FORMAT, config=cfg,
-              source=dict(path=str(path), sha256=t2f.sha256_file(path)),
-              key_map=key_map, ignored=ci.strip_ignored(sd))
-  if out_dir is not None:
-    t2f.save_converted(out_dir, variables, meta, overwrite=overwrite)
-    log(f'wrote {out_dir}')
-  return variables, meta
+  return t2f.finish_conversion(
+      path, variables, variables_template(build_model(cfg)), fmt=FORMAT,
+      config=cfg, key_map=key_map, ignored=ci.strip_ignored(sd),
+      out_dir=out_dir, overwrite=overwrite, log=log)
 
 
 def load_arcface(path: str):
   """Loads a converted ArcFace: (ArcFace module, variables, meta)."""
   from l2m_jax.models.arcface import variables_template  # pylint: disable=g-import-not-at-top
-  meta = t2f.read_meta(path, FORMAT,
-                       'convert with scripts/convert_latent.py arcface')
-  model = build_model(meta['config'])
-  variables, meta = t2f.load_converted(path, variables_template(model))
-  return model, variables, meta
+  return t2f.load_model(path, FORMAT,
+                        'convert with scripts/convert_latent.py arcface',
+                        build_model, variables_template)

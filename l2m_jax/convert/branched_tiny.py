@@ -137,24 +137,18 @@ def convert_file(path: str, out_dir: str | None = None,
         'unpickler (nothing executed)')
   sd, ignored = extract_state_dict(obj, str(path))
   variables, key_map = convert_state_dict(sd, str(path))
-  t2f.check_against_template(str(path), variables,
-                             bt.variables_template(build_model()))
   log(f'{path}: BranchedTiny, {len(key_map)} tensors mapped')
-  meta = dict(format=FORMAT, config=dict(attributes=list(bt.ATTRIBUTES)),
-              source=dict(path=str(path), sha256=t2f.sha256_file(path),
-                          restricted_unpickler=restricted),
-              key_map=key_map, ignored=ci.strip_ignored(sd) + ignored)
-  if out_dir is not None:
-    t2f.save_converted(out_dir, variables, meta, overwrite=overwrite)
-    log(f'wrote {out_dir}')
-  return variables, meta
+  return t2f.finish_conversion(
+      path, variables, bt.variables_template(build_model()), fmt=FORMAT,
+      config=dict(attributes=list(bt.ATTRIBUTES)), key_map=key_map,
+      ignored=ci.strip_ignored(sd) + ignored,
+      source=t2f.source_meta(path, restricted_unpickler=restricted),
+      out_dir=out_dir, overwrite=overwrite, log=log)
 
 
 def load_classifier(path: str):
   """Loads a converted classifier: (BranchedTiny module, variables, meta)."""
   from l2m_jax.models import branched_tiny as bt  # pylint: disable=g-import-not-at-top
-  meta = t2f.read_meta(path, FORMAT,
-                       'convert with scripts/convert_latent.py classifier')
-  model = build_model()
-  variables, meta = t2f.load_converted(path, bt.variables_template(model))
-  return model, variables, meta
+  return t2f.load_model(path, FORMAT,
+                        'convert with scripts/convert_latent.py classifier',
+                        lambda _: build_model(), bt.variables_template)

@@ -244,8 +244,7 @@ def convert_wing_checkpoint(path: str | os.PathLike,
   meta = {
       'format': FORMAT,
       'config': dict(CONFIG),
-      'source': {'path': os.path.abspath(source),
-                 'sha256': t2f.sha256_file(source)},
+      'source': t2f.source_meta(source, absolute=True),
       'key_map': key_map,
       'ignored': ignored,
       'missing': missing,
@@ -290,9 +289,8 @@ def save_wing(path: str | os.PathLike, out_dir: str | os.PathLike,
   Returns:
     The meta dict written to `<out_dir>/meta.json`.
   """
-  variables, meta = convert_wing_checkpoint(path, allow_missing=allow_missing)
-  t2f.save_converted(out_dir, variables, meta, overwrite=overwrite)
-  return meta
+  return t2f.convert_to_folder(convert_wing_checkpoint, path, out_dir,
+                               overwrite, allow_missing=allow_missing)
 
 
 def load_fan(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -209,7 +209,7 @@ def load_pth(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
   meta = {
       'format': FORMAT,
       'config': {'kind': info['kind']},
-      'source': {'path': str(path.resolve()), 'sha256': sha256},
+      'source': t2f.source_meta(path.resolve(), sha256=sha256),
       'key_map': info['key_map'],
       'ignored': info['ignored'],
   }
@@ -219,9 +219,7 @@ def load_pth(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
 def convert_file(path: str | os.PathLike, out_dir: str | os.PathLike,
                  overwrite: bool = False) -> dict[str, Any]:
   """Converts a .pth file to the converted-checkpoint format; returns meta."""
-  variables, meta = load_pth(path)
-  t2f.save_converted(out_dir, variables, meta, overwrite=overwrite)
-  return meta
+  return t2f.convert_to_folder(load_pth, path, out_dir, overwrite)
 
 
 def load_weights(path: str | os.PathLike | None

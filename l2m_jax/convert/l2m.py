@@ -443,8 +443,7 @@ def convert_checkpoint(path: str | os.PathLike,
   ckpt = t2f.load_torch_file(path)
   variables, meta = convert_state_dicts(ckpt, str(path), config=config,
                                         domains=domains, **overrides)
-  meta['source'] = {'path': os.path.abspath(path),
-                    'sha256': t2f.sha256_file(path)}
+  meta['source'] = t2f.source_meta(path, absolute=True)
   return variables, meta
 
 
@@ -457,9 +456,8 @@ def save_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike,
   Returns:
     The meta dict written to `<out_dir>/meta.json`.
   """
-  variables, meta = convert_checkpoint(path, domains=domains, **overrides)
-  t2f.save_converted(out_dir, variables, meta, overwrite=overwrite)
-  return meta
+  return t2f.convert_to_folder(convert_checkpoint, path, out_dir, overwrite,
+                               domains=domains, **overrides)
 
 
 def load_l2m_checkpoint(path: str | os.PathLike

@@ -172,25 +172,18 @@ def convert_file(path: str, out_dir: str | None = None,
       f'{cfg["style_dim"]}, {cfg["n_layers"]} layers/group, file cond_dim '
       f'{inferred["cond_dim"]}; preset {preset} (cond_dim {cfg["cond_dim"]})')
   variables, key_map = convert_state_dict(sd, str(path), cfg)
-  model = build_model(cfg)
-  t2f.check_against_template(str(path), variables, variables_template(model))
+  template = variables_template(build_model(cfg))
   cfg['bounds'] = list(cfg['bounds'])
-  meta = dict(format=FORMAT, config=cfg,
-              source=dict(path=str(path), sha256=t2f.sha256_file(path)),
-              key_map=key_map, ignored=[])
-  if out_dir is not None:
-    t2f.save_converted(out_dir, variables, meta, overwrite=overwrite)
-    log(f'wrote {out_dir}')
-  return variables, meta
+  return t2f.finish_conversion(
+      path, variables, template, fmt=FORMAT, config=cfg, key_map=key_map,
+      ignored=[], out_dir=out_dir, overwrite=overwrite, log=log)
 
 
 def load_mapper(path: str):
   """Loads a converted mapper: (Latent2Latent module, variables, meta)."""
-  meta = t2f.read_meta(path, FORMAT,
-                       'convert with scripts/convert_latent.py mapper')
-  model = build_model(meta['config'])
-  variables, meta = t2f.load_converted(path, variables_template(model))
-  return model, variables, meta
+  return t2f.load_model(path, FORMAT,
+                        'convert with scripts/convert_latent.py mapper',
+                        build_model, variables_template)
 
 
 # ----------------------------------------------------------------- boundaries
@@ -246,13 +239,11 @@ def convert_boundaries_file(path: str, out_dir: str | None = None,
   meta = dict(format=BOUNDARIES_FORMAT,
               config=dict(dim=int(directions.shape[1])),
               keys=keys, attributes=[normalize_name(k) for k in keys],
-              source=dict(path=str(path), sha256=t2f.sha256_file(path)),
+              source=t2f.source_meta(path),
               key_map={k: f'directions[{i}]' for i, k in enumerate(keys)},
               ignored=[])
   variables = {'directions': directions}
-  if out_dir is not None:
-    t2f.save_converted(out_dir, variables, meta, overwrite=overwrite)
-    log(f'wrote {out_dir}')
+  t2f.save_if_asked(out_dir, variables, meta, overwrite=overwrite, log=log)
   return variables, meta
 
 

@@ -258,9 +258,8 @@ def convert_file(path: str, out_dir: str | None = None,
   obj = t2f.load_torch_file(path)
   variables, meta, g_vars, g_meta = convert_checkpoint(
       obj, source, mean_latent_samples, log)
-  sha = t2f.sha256_file(path)
-  meta['source'] = dict(path=source, sha256=sha)
-  g_meta['source'] = dict(path=source, sha256=sha, kind='decoder')
+  meta['source'] = t2f.source_meta(path)
+  g_meta['source'] = dict(meta['source'], kind='decoder')
   if out_dir is not None:
     out = pathlib.Path(out_dir)
     t2f.save_converted(out, variables, meta, overwrite=overwrite)
@@ -273,11 +272,9 @@ def convert_file(path: str, out_dir: str | None = None,
 def load_encoder(path: str):
   """A converted encoder folder: (ReStyleEncoder, variables, meta)."""
   from l2m_jax.models.restyle import variables_template  # pylint: disable=g-import-not-at-top
-  meta = t2f.read_meta(path, FORMAT,
-                       'convert with scripts/convert_latent.py encoder')
-  model = build_model(meta['config'])
-  variables, meta = t2f.load_converted(path, variables_template(model))
-  return model, variables, meta
+  return t2f.load_model(path, FORMAT,
+                        'convert with scripts/convert_latent.py encoder',
+                        build_model, variables_template)
 
 
 def load_restyle(path: str, generator_dir: str | None = None):

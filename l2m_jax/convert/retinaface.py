@@ -153,8 +153,7 @@ def convert_checkpoint(path: str | os.PathLike
   meta = {
       'format': FORMAT,
       'config': dict(CONFIG),
-      'source': {'path': os.path.abspath(source),
-                 'sha256': t2f.sha256_file(source)},
+      'source': t2f.source_meta(source, absolute=True),
       'key_map': kmap,
       'ignored': sorted(k for k in state_dict if k not in kmap),
   }
@@ -164,9 +163,7 @@ def convert_checkpoint(path: str | os.PathLike
 def save_retinaface(path: str | os.PathLike, out_dir: str | os.PathLike,
                     overwrite: bool = False) -> dict[str, Any]:
   """Converts a `.pth` file and writes `<out_dir>/meta.json` + variables."""
-  variables, meta = convert_checkpoint(path)
-  t2f.save_converted(out_dir, variables, meta, overwrite=overwrite)
-  return meta
+  return t2f.convert_to_folder(convert_checkpoint, path, out_dir, overwrite)
 
 
 def load_retinaface(path: str | os.PathLike

@@ -296,23 +296,17 @@ def convert_file(path: str, out_dir: str | None = None,
   else:
     la_source = 'checkpoint'
   from l2m_jax.models.stylegan2 import variables_template  # pylint: disable=g-import-not-at-top
-  t2f.check_against_template(str(path), variables, variables_template(model))
-  ignored = sorted(k for k in sd if k not in key_map)
-  meta = dict(format=FORMAT, config=cfg,
-              source=dict(path=str(path), sha256=t2f.sha256_file(path),
-                          kind=kind),
-              latent_avg=la_source, key_map=key_map, ignored=ignored)
-  if out_dir is not None:
-    t2f.save_converted(out_dir, variables, meta, overwrite=overwrite)
-    log(f'wrote {out_dir} (config {cfg})')
-  return variables, meta
+  return t2f.finish_conversion(
+      path, variables, variables_template(model), fmt=FORMAT, config=cfg,
+      key_map=key_map, ignored=sorted(k for k in sd if k not in key_map),
+      source=t2f.source_meta(path, kind=kind), latent_avg=la_source,
+      out_dir=out_dir, overwrite=overwrite, log=log,
+      detail=f' (config {cfg})')
 
 
 def load_generator(path: str):
   """Loads a converted generator: (Generator module, variables, meta)."""
-  meta = t2f.read_meta(path, FORMAT,
-                       'convert with scripts/convert_latent.py stylegan2')
-  model = build_model(meta['config'])
   from l2m_jax.models.stylegan2 import variables_template  # pylint: disable=g-import-not-at-top
-  variables, meta = t2f.load_converted(path, variables_template(model))
-  return model, variables, meta
+  return t2f.load_model(path, FORMAT,
+                        'convert with scripts/convert_latent.py stylegan2',
+                        build_model, variables_template)

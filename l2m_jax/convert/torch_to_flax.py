@@ -46,7 +46,7 @@ import os
 import pathlib
 import re
 import shutil
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -559,6 +559,91 @@ def load_converted(path: str | os.PathLike, template: Mapping[str, Any] | None
   if template is not None:
     check_against_template(str(path), variables, template)
   return variables, {k: v for k, v in meta.items() if k not in STORAGE_KEYS}
+
+
+def source_meta(path: str | os.PathLike, *, absolute: bool = False,
+                sha256: str | None = None, **extra: Any) -> dict[str, Any]:
+  """`meta['source']` of a conversion: {path, sha256, **extra}.
+
+  Args:
+    path: the converted file.
+    absolute: record `os.path.abspath(path)` instead of the path as given.
+    sha256: the file's digest when already computed (else read here).
+    **extra: more fields (e.g. the generator `kind`).
+  """
+  return dict(path=os.path.abspath(path) if absolute else str(path),
+              sha256=sha256 if sha256 is not None else sha256_file(path),
+              **extra)
+
+
+def save_if_asked(out_dir: str | os.PathLike | None,
+                  variables: Mapping[str, Any], meta: Mapping[str, Any], *,
+                  overwrite: bool = False,
+                  log: Callable[[str], Any] | None = None,
+                  detail: str = '') -> None:
+  """`save_converted` when `out_dir` is given, then logs `wrote <out_dir>`."""
+  if out_dir is None:
+    return
+  save_converted(out_dir, variables, meta, overwrite=overwrite)
+  if log is not None:
+    log(f'wrote {out_dir}{detail}')
+
+
+def finish_conversion(path: str | os.PathLike, variables: dict[str, Any],
+                      template: Mapping[str, Any], *, fmt: str, config: Any,
+                      key_map: Mapping[str, str], ignored: list[str],
+                      source: Mapping[str, Any] | None = None,
+                      out_dir: str | os.PathLike | None = None,
+                      overwrite: bool = False,
+                      log: Callable[[str], Any] | None = None,
+                      detail: str = '', **extra: Any
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The common end of a file converter.
+
+  Checks `variables` against `template` (`check_against_template`), builds
+  the meta dict {format, config, source, **extra, key_map, ignored}
+  (`source` defaults to `source_meta(path)`) and writes both to `out_dir`
+  when it is given (`save_if_asked`).
+
+  Returns:
+    (variables, meta).
+  """
+  check_against_template(str(path), variables, template)
+  meta = dict(format=fmt, config=config,
+              source=source_meta(path) if source is None else source,
+              **extra, key_map=key_map, ignored=ignored)
+  save_if_asked(out_dir, variables, meta, overwrite=overwrite, log=log,
+                detail=detail)
+  return variables, meta
+
+
+def convert_to_folder(convert: Callable[..., tuple[Any, dict[str, Any]]],
+                      path: str | os.PathLike, out_dir: str | os.PathLike,
+                      overwrite: bool = False, **kwargs: Any
+                      ) -> dict[str, Any]:
+  """`convert(path, **kwargs) -> (variables, meta)`, written to `out_dir`.
+
+  Returns:
+    The meta dict written to `<out_dir>/meta.json`.
+  """
+  variables, meta = convert(path, **kwargs)
+  save_converted(out_dir, variables, meta, overwrite=overwrite)
+  return meta
+
+
+def load_model(path: str | os.PathLike, expected_format: str,
+               how_to_convert: str, build_model: Callable[[Any], Any],
+               template: Callable[[Any], Mapping[str, Any]]
+               ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+  """A converted folder as (module, variables, meta).
+
+  The module is `build_model(meta['config'])`; the variables are checked
+  against `template(module)` (its `jax.eval_shape` of init).
+  """
+  meta = read_meta(path, expected_format, how_to_convert)
+  model = build_model(meta['config'])
+  variables, meta = load_converted(path, template(model))
+  return model, variables, meta
 
 
 def _to_numpy_tree(tree: Any) -> Any:

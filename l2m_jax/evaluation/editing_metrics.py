@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from l2m_jax import parallel
 from l2m_jax.convert import torch_to_flax
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -84,18 +85,16 @@ def _to_float_images(images) -> np.ndarray:
 
 def predict(apply_fn: ApplyFn, params: Any, images, batch_size: int = 256
             ) -> np.ndarray:
-  """Runs `apply_fn(params, images)` in jit-compiled batches; numpy output."""
+  """Runs `apply_fn(params, images)` in jit-compiled batches; numpy output.
+
+  The batches are split over every local device (`parallel.map_batches`).
+  """
   images = _to_float_images(images)
-  fn = jax.jit(apply_fn)
-  outs = []
-  for i in range(0, len(images), batch_size):
-    chunk = images[i:i + batch_size]
-    n = len(chunk)
-    if n < batch_size and len(images) > batch_size:  # one compiled shape
-      chunk = np.concatenate(
-          [chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
-    outs.append(np.asarray(fn(params, jnp.asarray(chunk)))[:n])
-  return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+  if not len(images):  # pylint: disable=g-explicit-length-test
+    return np.zeros((0,), np.float32)
+  return parallel.map_batches(jax.jit(apply_fn), images,
+                              batch_size=min(batch_size, len(images)),
+                              args=(params,))
 
 
 def labels_from_outputs(outputs: np.ndarray) -> np.ndarray:
@@ -226,6 +225,7 @@ def fid_or_skip(real_images, fake_images, inception_checkpoint: str = '',
   if not path.exists():
     raise FileNotFoundError(f'{path}: Inception checkpoint not found')
   from l2m_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
+  from l2m_jax.evaluation import frechet  # pylint: disable=g-import-not-at-top
   extractor = fid.make_extractor(protocol, path)
   stats = []
   for images in (real_images, fake_images):
@@ -235,7 +235,7 @@ def fid_or_skip(real_images, fake_images, inception_checkpoint: str = '',
     stats.append(fid.images_statistics(batches, extractor).result())
   (mu1, s1), (mu2, s2) = stats
   return {'status': 'ok', 'protocol': extractor.protocol.name,
-          'fid': float(fid.frechet_distance(mu1, s1, mu2, s2))}
+          'fid': float(frechet.frechet_distance(mu1, s1, mu2, s2))}
 
 
 # ----------------------------------------------------------------------------

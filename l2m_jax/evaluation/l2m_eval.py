@@ -41,6 +41,8 @@ import numpy as np
 from l2m_jax import image_io
 from l2m_jax import parallel
 from l2m_jax.evaluation import fid as fid_lib
+from l2m_jax.evaluation import frechet
+from l2m_jax.evaluation import inception_features as features
 
 EditFn = Callable[[np.ndarray, int, int], Any]
 KEY_PREFIX = 'FID_reference'
@@ -79,7 +81,7 @@ def _batches(files: Sequence[pathlib.Path], size: int):
 
 def evaluate_fid_reference(edit_fn: EditFn, val_dir: str | os.PathLike,
                            train_dir: str | os.PathLike,
-                           extractor: fid_lib.FeatureExtractor, *,
+                           extractor: features.FeatureExtractor, *,
                            img_size: int = 256, batch_size: int = 32,
                            cache_dir: str | os.PathLike | None = None,
                            eval_dir: str | os.PathLike | None = None,
@@ -116,7 +118,7 @@ def evaluate_fid_reference(edit_fn: EditFn, val_dir: str | os.PathLike,
                             f'domain(s) {missing}; expected train/<domain>/')
   proto = extractor.protocol
   # Discover and check all files before spending time on the network.
-  val_files = {d: fid_lib.list_images(val_dir / d, proto) for d in domains}
+  val_files = {d: features.list_images(val_dir / d, proto) for d in domains}
   results: dict[str, float] = {}
   main = parallel.is_main_process()
   nproc = parallel.process_count()
@@ -131,8 +133,8 @@ def evaluate_fid_reference(edit_fn: EditFn, val_dir: str | os.PathLike,
       shares = [files[parallel.process_slice(len(files), p, nproc)]
                 for p in range(nproc)]
       mine = shares[parallel.process_index()]
-      stats = fid_lib.StreamingStats(f'{val_dir / src} edited to {trg}')
-      bar = fid_lib._progress(len(mine), task, progress and main)  # pylint: disable=protected-access
+      stats = frechet.StreamingStats(f'{val_dir / src} edited to {trg}')
+      bar = fid_lib.progress_bar(len(mine), task, progress and main)
       # The same number of rounds on every process: the gather of the
       # images to write is a collective.
       rounds = -(-parallel.max_share(len(files)) // batch_size)
@@ -145,7 +147,7 @@ def evaluate_fid_reference(edit_fn: EditFn, val_dir: str | os.PathLike,
           if y.shape[0] != x.shape[0] or y.ndim != 4:
             raise ValueError(f'edit_fn returned shape {y.shape} for a batch '
                              f'of {x.shape}')
-          u8 = fid_lib.quantize(y)
+          u8 = features.quantize(y)
           fid_lib.images_statistics([u8], extractor, stats)
         if eval_dir is not None:
           if u8.shape[0] < batch_size:
@@ -166,7 +168,7 @@ def evaluate_fid_reference(edit_fn: EditFn, val_dir: str | os.PathLike,
       value = float('nan')
       if main:  # the O(D^3) distance once, on the main process
         mu_fake, sigma_fake = stats.result()
-        value = fid_lib.frechet_distance(mu_fake, sigma_fake, mu_real,
+        value = frechet.frechet_distance(mu_fake, sigma_fake, mu_real,
                                          sigma_real)
         real = f'{n_real} real' if n_real >= 0 else 'cached real'
         log(f'{task}: FID {value:.4f} ({stats.n} edited vs {real} images, '
@@ -203,7 +205,7 @@ def make_edit_fn(variables: Mapping[str, Any], config: Any, *,
 
 def evaluate_l2m(variables: Mapping[str, Any], config: Any,
                  val_dir: str | os.PathLike, train_dir: str | os.PathLike, *,
-                 extractor: fid_lib.FeatureExtractor | None = None,
+                 extractor: features.FeatureExtractor | None = None,
                  inception_weights: str | os.PathLike | None = None,
                  protocol: str = 'stargan_v2', degree: float = 1.0,
                  batch_size: int = 32,

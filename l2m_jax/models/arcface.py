@@ -68,14 +68,9 @@ class ArcFace(nn.Module):
 
   def __call__(self, x):
     """x: [B, input_size, input_size, 3] in [-1, 1] (already cropped)."""
-    if x.ndim != 4 or x.shape[1:] != (self.input_size, self.input_size, 3):
-      raise ValueError(f'ArcFace expects [B, {self.input_size}, '
-                       f'{self.input_size}, 3] images, got {x.shape}')
-    x = x.astype(self.dtype)
-    for layer in self.input_layer:
-      x = layer(x)
-    for unit in self.body:
-      x = unit(x)
+    x = irse.apply_backbone(
+        'ArcFace', x, (self.input_size, self.input_size, 3), 'images',
+        self.input_layer, self.body, self.dtype)
     x = self.output_layer_0(x)
     x = x.reshape(x.shape[0], -1)  # NHWC flatten (see the module docstring)
     x = self.output_layer_4(self.output_layer_3(x))

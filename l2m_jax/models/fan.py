@@ -73,6 +73,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from l2m_jax.models import layers
+
 NUM_LANDMARKS = 98  # WFLW 98-point scheme; plus one boundary map
 FAN_SIZE = 256  # the FAN's input resolution
 HEATMAP_SIZE = 64  # the FAN's output resolution
@@ -103,11 +105,7 @@ def _batch_norm(dtype: Any) -> nn.BatchNorm:
                       dtype=dtype)
 
 
-def _conv(features: int, kernel: int, stride: int = 1, pad: int = 0,
-          use_bias: bool = True, dtype: Any = jnp.float32) -> nn.Conv:
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=use_bias,
-                 dtype=dtype)
+_conv = layers.torch_conv
 
 
 class CoordConv(nn.Module):

@@ -21,14 +21,16 @@ Submodule names equal the PyTorch attribute names, so a torch key
 AuxLogits, dropout and fc are not part of the feature extractor.
 
 Input: NHWC float, already normalised for the protocol (the caller does the
-resizing and normalisation, see `l2m_jax.evaluation.fid`). Output: [N, 2048]
-features after the global average pool; all >= 0 (post-ReLU).
+resizing and normalisation, see `l2m_jax.evaluation.inception_features`).
+Output: [N, 2048] features after the global average pool; all >= 0
+(post-ReLU).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -81,16 +83,25 @@ def _max_pool_3x3_s2(x):
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
 
 
-class InceptionA(nn.Module):
+class _Block(nn.Module):
+  """An Inception block: keyword-only precision and dtype for its convs."""
+  precision: Precision = dataclasses.field(
+      default=jax.lax.Precision.HIGHEST, kw_only=True)
+  dtype: Any = dataclasses.field(default=jnp.float32, kw_only=True)
+
+  def conv_maker(self) -> Callable[..., BasicConv2d]:
+    """BasicConv2d with the block's precision and dtype."""
+    return functools.partial(BasicConv2d, precision=self.precision,
+                             dtype=self.dtype)
+
+
+class InceptionA(_Block):
   """Mixed_5b/5c/5d: 1x1 | 5x5 | double 3x3 | pool + 1x1."""
   pool_features: int
   pool_include_pad: bool = True
-  precision: Precision = jax.lax.Precision.HIGHEST
-  dtype: Any = jnp.float32
 
   def setup(self):
-    conv = functools.partial(BasicConv2d, precision=self.precision,
-                             dtype=self.dtype)
+    conv = self.conv_maker()
     self.branch1x1 = conv(64, (1, 1))
     self.branch5x5_1 = conv(48, (1, 1))
     self.branch5x5_2 = conv(64, (5, 5), padding=(2, 2))
@@ -107,14 +118,11 @@ class InceptionA(nn.Module):
     return jnp.concatenate([b1, b5, b3, bp], axis=-1)
 
 
-class InceptionB(nn.Module):
+class InceptionB(_Block):
   """Mixed_6a: stride-2 3x3 | double 3x3 (stride 2) | max-pool."""
-  precision: Precision = jax.lax.Precision.HIGHEST
-  dtype: Any = jnp.float32
 
   def setup(self):
-    conv = functools.partial(BasicConv2d, precision=self.precision,
-                             dtype=self.dtype)
+    conv = self.conv_maker()
     self.branch3x3 = conv(384, (3, 3), strides=(2, 2))
     self.branch3x3dbl_1 = conv(64, (1, 1))
     self.branch3x3dbl_2 = conv(96, (3, 3), padding=(1, 1))
@@ -126,16 +134,13 @@ class InceptionB(nn.Module):
     return jnp.concatenate([b3, bd, _max_pool_3x3_s2(x)], axis=-1)
 
 
-class InceptionC(nn.Module):
+class InceptionC(_Block):
   """Mixed_6b..6e: factorised 7x7 convolutions."""
   channels_7x7: int
   pool_include_pad: bool = True
-  precision: Precision = jax.lax.Precision.HIGHEST
-  dtype: Any = jnp.float32
 
   def setup(self):
-    conv = functools.partial(BasicConv2d, precision=self.precision,
-                             dtype=self.dtype)
+    conv = self.conv_maker()
     c7 = self.channels_7x7
     self.branch1x1 = conv(192, (1, 1))
     self.branch7x7_1 = conv(c7, (1, 1))
@@ -158,14 +163,11 @@ class InceptionC(nn.Module):
     return jnp.concatenate([b1, b7, bd, bp], axis=-1)
 
 
-class InceptionD(nn.Module):
+class InceptionD(_Block):
   """Mixed_7a: stride-2 reductions | max-pool."""
-  precision: Precision = jax.lax.Precision.HIGHEST
-  dtype: Any = jnp.float32
 
   def setup(self):
-    conv = functools.partial(BasicConv2d, precision=self.precision,
-                             dtype=self.dtype)
+    conv = self.conv_maker()
     self.branch3x3_1 = conv(192, (1, 1))
     self.branch3x3_2 = conv(320, (3, 3), strides=(2, 2))
     self.branch7x7x3_1 = conv(192, (1, 1))
@@ -180,19 +182,16 @@ class InceptionD(nn.Module):
     return jnp.concatenate([b3, b7, _max_pool_3x3_s2(x)], axis=-1)
 
 
-class InceptionE(nn.Module):
+class InceptionE(_Block):
   """Mixed_7b/7c: expanded filter bank.
 
   `pool` is 'avg_include_pad' (torchvision), 'avg_exclude_pad' (pytorch-fid
   E_1) or 'max' (pytorch-fid E_2).
   """
   pool: str = 'avg_include_pad'
-  precision: Precision = jax.lax.Precision.HIGHEST
-  dtype: Any = jnp.float32
 
   def setup(self):
-    conv = functools.partial(BasicConv2d, precision=self.precision,
-                             dtype=self.dtype)
+    conv = self.conv_maker()
     self.branch1x1 = conv(320, (1, 1))
     self.branch3x3_1 = conv(384, (1, 1))
     self.branch3x3_2a = conv(384, (1, 3), padding=(0, 1))

@@ -40,11 +40,14 @@ torch key with each `.<digit>` joined to its module by `_`):
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from l2m_jax.models import layers
 
 Dtype = Any
 
@@ -75,12 +78,8 @@ def batch_norm(dtype: Dtype = jnp.float32) -> nn.BatchNorm:
                       dtype=dtype)
 
 
-def conv(features: int, kernel: int, stride: int = 1, pad: int = 0,
-         use_bias: bool = False, dtype: Dtype = jnp.float32) -> nn.Conv:
-  """A PyTorch-padded convolution (explicit symmetric padding)."""
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=use_bias,
-                 dtype=dtype)
+# A PyTorch-padded convolution, without bias unless asked.
+conv = functools.partial(layers.torch_conv, use_bias=False)
 
 
 class PReLU(nn.Module):
@@ -155,3 +154,20 @@ def make_body(num_layers: int, dtype: Dtype) -> list[BottleneckIRSE]:
   """The body units (`body.{u}`) of a `num_layers` backbone."""
   return [BottleneckIRSE(cin, depth, stride, dtype=dtype)
           for cin, depth, stride in unit_list(num_layers)]
+
+
+def apply_backbone(name: str, x: jax.Array, want: tuple[int, int, int],
+                   what: str, input_layer: Sequence[nn.Module],
+                   body: Sequence[nn.Module], dtype: Dtype) -> jax.Array:
+  """`input_layer` then `body` on x [B, *want], cast to `dtype`.
+
+  The IR-SE trunk ArcFace and the ReStyle encoder share; a ValueError
+  (`<name> expects [B, H, W, C] <what>, got <shape>`) for other shapes.
+  """
+  if x.ndim != 4 or tuple(x.shape[1:]) != tuple(want):
+    raise ValueError(f'{name} expects [B, {want[0]}, {want[1]}, {want[2]}] '
+                     f'{what}, got {x.shape}')
+  x = x.astype(dtype)
+  for layer in (*input_layer, *body):
+    x = layer(x)
+  return x

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from l2m_jax.models import fan
+from l2m_jax.models import preservation
 
 NUM_LANDMARKS = fan.NUM_LANDMARKS  # 98 (WFLW)
 HEATMAP_SIZE = fan.HEATMAP_SIZE  # 64
@@ -118,14 +119,8 @@ class LandmarkNet(nn.Module):
     coords = jnp.asarray(fan.coord_channels(s, s), x.dtype)
     h = jnp.concatenate(
         [x, jnp.broadcast_to(coords[None], (x.shape[0], s, s, 3))], axis=-1)
-    h = h.astype(self.dtype)
-    for i, mult in enumerate((1, 2, 4, 4)):
-      f = self.width * mult
-      h = nn.Conv(f, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
-                  dtype=self.dtype, name=f'conv{i}')(h)
-      h = nn.GroupNorm(num_groups=min(8, f), dtype=self.dtype,
-                       name=f'norm{i}')(h)
-      h = nn.relu(h)
+    h = preservation.strided_conv_stages(h.astype(self.dtype), self.width,
+                                         nn.relu, self.dtype)[-1]
     h = h.reshape(h.shape[0], -1)
     h = nn.relu(nn.Dense(16 * self.width, dtype=self.dtype, name='fc')(h))
     out = nn.Dense(2 * NUM_LANDMARKS, dtype=self.dtype, name='points',

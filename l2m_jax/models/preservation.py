@@ -17,7 +17,7 @@ whatever its size.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from flax import linen as nn
 import jax
@@ -25,6 +25,28 @@ import jax.numpy as jnp
 
 FORMAT = 'preservation_net'  # meta.json format of a saved PreservationNet
 HIDDEN = 64  # size of the dense feature layer
+
+
+def strided_conv_stages(h: jax.Array, width: int,
+                        activation: Callable[[jax.Array], jax.Array],
+                        dtype: Any) -> list[jax.Array]:
+  """Four stride-2 3x3 convs of width x (1, 2, 4, 4), GroupNorm, activation.
+
+  The layers are `conv{i}` and `norm{i}` (min(8, channels) groups) of the
+  calling module: call this from a compact `__call__`.
+
+  Returns:
+    The four stage outputs.
+  """
+  outs = []
+  for i, mult in enumerate((1, 2, 4, 4)):
+    f = width * mult
+    h = nn.Conv(f, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                dtype=dtype, name=f'conv{i}')(h)
+    h = activation(nn.GroupNorm(num_groups=min(8, f), dtype=dtype,
+                                name=f'norm{i}')(h))
+    outs.append(h)
+  return outs
 
 
 class PreservationNet(nn.Module):
@@ -40,16 +62,10 @@ class PreservationNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, features: bool = False):
-    h = jnp.asarray(x, jnp.float32).astype(self.dtype)
-    feats = []
-    for i, mult in enumerate((1, 2, 4, 4)):
-      f = self.width * mult
-      h = nn.Conv(f, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
-                  dtype=self.dtype, name=f'conv{i}')(h)
-      h = nn.GroupNorm(num_groups=min(8, f), dtype=self.dtype,
-                       name=f'norm{i}')(h)
-      h = nn.leaky_relu(h, 0.2)
-      feats.append(h)
+    feats = strided_conv_stages(
+        jnp.asarray(x, jnp.float32).astype(self.dtype), self.width,
+        lambda y: nn.leaky_relu(y, 0.2), self.dtype)
+    h = feats[-1]
     h = nn.Dense(HIDDEN, dtype=self.dtype, name='fc')(
         h.reshape(h.shape[0], -1))
     feats.append(h)

@@ -29,11 +29,14 @@ the `vgg` state_dict maps as
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from l2m_jax.models import layers
 
 Dtype = Any
 
@@ -43,9 +46,7 @@ def _bn(dtype):
                       dtype=dtype)
 
 
-def _conv(features, kernel, stride, pad, dtype):
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype)
+_conv = functools.partial(layers.torch_conv, use_bias=False)
 
 
 class BasicBlock(nn.Module):
@@ -56,12 +57,13 @@ class BasicBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   def setup(self):
-    self.conv1 = _conv(self.features, 3, self.stride, 1, self.dtype)
+    self.conv1 = _conv(self.features, 3, self.stride, 1, dtype=self.dtype)
     self.bn1 = _bn(self.dtype)
-    self.conv2 = _conv(self.features, 3, 1, 1, self.dtype)
+    self.conv2 = _conv(self.features, 3, 1, 1, dtype=self.dtype)
     self.bn2 = _bn(self.dtype)
     if self.downsample:
-      self.downsample_0 = _conv(self.features, 1, self.stride, 0, self.dtype)
+      self.downsample_0 = _conv(self.features, 1, self.stride, 0,
+                                dtype=self.dtype)
       self.downsample_1 = _bn(self.dtype)
 
   def __call__(self, x):
@@ -76,7 +78,7 @@ class ResNet18Features(nn.Module):
   dtype: Dtype = jnp.float32
 
   def setup(self):
-    self.conv1 = _conv(64, 7, 2, 3, self.dtype)
+    self.conv1 = _conv(64, 7, 2, 3, dtype=self.dtype)
     self.bn1 = _bn(self.dtype)
     widths = (64, 128, 256, 512)
     for i, width in enumerate(widths):

@@ -105,15 +105,9 @@ class ReStyleEncoder(nn.Module):
         lambda: jnp.zeros((self.n_styles, STYLE_DIM), jnp.float32))
 
   def __call__(self, x):
-    want = (INPUT_SIZE, INPUT_SIZE, self.input_nc)
-    if x.ndim != 4 or x.shape[1:] != want:
-      raise ValueError(f'ReStyleEncoder expects [B, {INPUT_SIZE}, '
-                       f'{INPUT_SIZE}, {self.input_nc}] inputs, got {x.shape}')
-    x = x.astype(self.dtype)
-    for layer in self.input_layer:
-      x = layer(x)
-    for unit in self.body:
-      x = unit(x)
+    x = irse.apply_backbone(
+        'ReStyleEncoder', x, (INPUT_SIZE, INPUT_SIZE, self.input_nc),
+        'inputs', self.input_layer, self.body, self.dtype)
     w0 = self.styles[0](x)
     rows = [w0] + [w0 + s(x) for s in self.styles[1:]]
     return jnp.stack(rows, axis=1).astype(jnp.float32)

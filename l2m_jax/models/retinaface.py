@@ -192,14 +192,21 @@ def _upsample_nearest(x, size: tuple[int, int]):
   return x[:, rows][:, :, cols]
 
 
-class FPN(nn.Module):
-  """Feature pyramid: 1x1 laterals `output1-3`, 3x3 merges `merge1-2`."""
+class _Neck(nn.Module):
+  """Fields of the FPN and SSH: width and dtype; upstream's leaky slope."""
   features: int = OUT_CHANNEL
   dtype: Any = jnp.float32
 
+  @property
+  def leaky(self) -> float:
+    return LEAKY if self.features <= 64 else 0.0
+
+
+class FPN(_Neck):
+  """Feature pyramid: 1x1 laterals `output1-3`, 3x3 merges `merge1-2`."""
+
   def setup(self):
-    f, d = self.features, self.dtype
-    leaky = LEAKY if f <= 64 else 0.0
+    f, d, leaky = self.features, self.dtype, self.leaky
     self.output1 = ConvBN(f, 1, leaky=leaky, dtype=d)
     self.output2 = ConvBN(f, 1, leaky=leaky, dtype=d)
     self.output3 = ConvBN(f, 1, leaky=leaky, dtype=d)
@@ -215,14 +222,11 @@ class FPN(nn.Module):
     return [p1, p2, p3]
 
 
-class SSH(nn.Module):
+class SSH(_Neck):
   """SSH context module (attribute names as upstream, incl. `conv7x7_3`)."""
-  features: int = OUT_CHANNEL
-  dtype: Any = jnp.float32
 
   def setup(self):
-    f, d = self.features, self.dtype
-    leaky = LEAKY if f <= 64 else 0.0
+    f, d, leaky = self.features, self.dtype, self.leaky
     self.conv3X3 = ConvBN(f // 2, 3, leaky=None, dtype=d)
     self.conv5X5_1 = ConvBN(f // 4, 3, leaky=leaky, dtype=d)
     self.conv5X5_2 = ConvBN(f // 4, 3, leaky=None, dtype=d)

@@ -42,6 +42,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 import numpy as np
 
+from l2m_jax.models import layers
+
 Dtype = Any
 
 MASK_SIZES = (32, 64, 128)  # Feature sizes with a masked high-pass skip.
@@ -109,9 +111,7 @@ def resize_bilinear_half_pixel(x: jax.Array, out_h: int, out_w: int
 def conv(features: int, kernel: int, padding: int = 0, use_bias: bool = True,
          dtype: Dtype = jnp.float32) -> nn.Conv:
   """Stride-1 conv with explicit symmetric zero padding (PyTorch Conv2d)."""
-  return nn.Conv(features, (kernel, kernel), strides=(1, 1),
-                 padding=((padding, padding), (padding, padding)),
-                 use_bias=use_bias, dtype=dtype)
+  return layers.torch_conv(features, kernel, 1, padding, use_bias, dtype)
 
 
 class InstanceNorm(nn.Module):

@@ -31,6 +31,14 @@ class _TinyFeatures(nn.Module):
     return jnp.mean(x, axis=(1, 2))
 
 
+def _features_and_head(x: jax.Array, num_outputs: int, width: int,
+                       dtype: Any) -> jax.Array:
+  """`features` then a dense `head` of the calling module; float32 out."""
+  h = _TinyFeatures(width, dtype, name='features')(x)
+  return nn.Dense(num_outputs, dtype=dtype, name='head')(h).astype(
+      jnp.float32)
+
+
 class TinyAttributeNet(nn.Module):
   """[B, S, S, 3] in [-1, 1] -> [B, num_outputs] logits."""
   num_outputs: int = 3
@@ -39,9 +47,7 @@ class TinyAttributeNet(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = _TinyFeatures(self.width, self.dtype, name='features')(x)
-    return nn.Dense(self.num_outputs, dtype=self.dtype,
-                    name='head')(h).astype(jnp.float32)
+    return _features_and_head(x, self.num_outputs, self.width, self.dtype)
 
 
 class TinyIdentityNet(nn.Module):
@@ -52,9 +58,7 @@ class TinyIdentityNet(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = _TinyFeatures(self.width, self.dtype, name='features')(x)
-    e = nn.Dense(self.embed_dim, dtype=self.dtype,
-                 name='head')(h).astype(jnp.float32)
+    e = _features_and_head(x, self.embed_dim, self.width, self.dtype)
     return e / jnp.linalg.norm(e, axis=-1, keepdims=True)
 
 
