@@ -6,9 +6,7 @@ identity network), sampled latents, 4 virtual CPU devices.
 """
 
 import functools
-import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys

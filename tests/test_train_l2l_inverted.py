@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from configs import l2l_tiny
+from l2m_jax import l2l_data
 from l2m_jax import parallel
 from l2m_jax import train_l2l
 from tests import photo_checkpoints as pc
@@ -60,7 +61,7 @@ def setup(tmp_path_factory):
 
 
 def _cache(workdir):
-  return workdir / train_l2l.INVERTED_CACHE
+  return workdir / l2l_data.INVERTED_CACHE
 
 
 def test_photos_are_inverted_once_and_match_torch(setup, caplog):
