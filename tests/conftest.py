@@ -137,6 +137,32 @@ def tiny_run(tmp_path_factory):
       state=parallel.unreplicate_to_host(state))
 
 
+# Modules whose cost is compiling training steps and small training runs,
+# and whose assertions compare runs of this process with each other or with
+# torch at >= 1e-5: XLA skips its slow optimisation passes there (compile
+# time roughly halves; float results move by round-off only). Parity and
+# equivalence tests elsewhere compile as users do.
+FAST_COMPILE_MODULES = frozenset({
+    'test_demo', 'test_train_l2l', 'test_landmarks', 'test_preservation',
+    'test_editing_metrics'})
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _fast_compile(request):
+  name = request.module.__name__.rsplit('.', 1)[-1]
+  if name not in FAST_COMPILE_MODULES:
+    yield
+    return
+  from jax._src import compiler  # pylint: disable=g-import-not-at-top
+  flag = getattr(compiler, '_DISABLE_MOST_OPTIMIZATIONS', None)
+  old = bool(flag.value) if flag is not None else False
+  jax.config.update('jax_disable_most_optimizations', True)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_disable_most_optimizations', old)
+
+
 # Parallel runs (pytest-xdist, `--dist loadgroup`, as scripts/test.sh runs
 # the suite): each test module runs on one worker, so its module fixtures are
 # built once; modules that share an expensive session fixture (the tiny

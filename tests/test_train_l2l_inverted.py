@@ -6,6 +6,10 @@ ReStyle-e4e saved in ReStyle's checkpoint format and converted with
 the workdir must equal the torch reference encoder's, a rerun must reuse
 them without inverting again, and a changed folder must be inverted anew.
 The trained generator is a random one of the encoder's W+ shape (10 x 512).
+
+Slow suite (about 3 minutes on 2 cores: the 256 px IR-SE-50 encoder and a
+64 px, 512-d training step are compiled); the inversion itself is also
+covered in the default suite by tests/test_restyle.py and test_edit_photo.py.
 """
 
 import logging
@@ -64,6 +68,7 @@ def _cache(workdir):
   return workdir / l2l_data.INVERTED_CACHE
 
 
+@pytest.mark.slow
 def test_photos_are_inverted_once_and_match_torch(setup, caplog):
   p, photos, workdir = setup
   state = train_l2l.train_and_evaluate(
@@ -89,6 +94,7 @@ def test_photos_are_inverted_once_and_match_torch(setup, caplog):
   assert os.stat(_cache(workdir)).st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_a_changed_folder_is_inverted_again(setup):
   p, photos, workdir = setup
   if not _cache(workdir).is_file():
