@@ -62,7 +62,6 @@ def _peak_rss_gib() -> float:
 
 def _torch_nets(size):
   """Random torch generator, classifier, ArcFace, mapper; batch inputs."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from third_party import branched_tiny_torch as tbt  # pylint: disable=g-import-not-at-top
   from third_party import irse_torch  # pylint: disable=g-import-not-at-top

@@ -2,7 +2,6 @@
 
 import zlib
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
