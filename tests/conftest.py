@@ -143,7 +143,7 @@ def tiny_run(tmp_path_factory):
 # time roughly halves; float results move by round-off only). Parity and
 # equivalence tests elsewhere compile as users do.
 FAST_COMPILE_MODULES = frozenset({
-    'test_demo', 'test_train_l2l', 'test_landmarks', 'test_preservation',
+    'test_demo', 'test_train_l2l', 'test_preservation',
     'test_editing_metrics'})
 
 
