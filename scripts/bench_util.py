@@ -151,6 +151,23 @@ def torch_flops(fn: Callable[[], Any]) -> float | None:
   return float(counter.total)
 
 
+def best_of(fn: Callable[[], Any], repeats: int, warmup: bool = False
+            ) -> float:
+  """Fastest of `repeats` timed calls of fn (which must block until done).
+
+  The minimum is the figure least disturbed by other jobs; `warmup` makes
+  one untimed call first.
+  """
+  if warmup:
+    fn()
+  best = float('inf')
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
 def timed(fn: Callable[[], Any], sync: Callable[[Any], Any], steps: int
           ) -> float:
   """Seconds per call of fn over `steps` calls (one sync at the end)."""

@@ -27,6 +27,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
 import json  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -34,6 +35,8 @@ import platform  # pylint: disable=g-import-not-at-top,wrong-import-position
 import resource  # pylint: disable=g-import-not-at-top,wrong-import-position
 import subprocess  # pylint: disable=g-import-not-at-top,wrong-import-position
 import time  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import bench_util  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 K = 2.0  # the legacy pre-shift
 ATTRIBUTE = 'smiling'
@@ -90,15 +93,6 @@ def _batch(n_latent, batch):
   w = (rng.standard_normal((batch, n_latent, 512)) * 0.5).astype(np.float32)
   d = rng.standard_normal(512).astype(np.float32)
   return w, d / np.linalg.norm(d)
-
-
-def _best(fn, repeats):
-  best = float('inf')
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t)
-  return best
 
 
 def torch_legacy_loss(g, c, e, m, w, d, attribute_index, *, k=K,
@@ -160,7 +154,7 @@ def run_torch(args):
   t = time.perf_counter()
   loss = step()
   first = time.perf_counter() - t
-  sec = _best(step, args.repeats)
+  sec = bench_util.best_of(step, args.repeats)
   m.load_state_dict(state)
   return dict(framework='torch', loss=loss, first_step_s=first, step_s=sec,
               latents_per_s=args.batch / sec, peak_rss_gib=_peak_rss_gib(),
@@ -234,7 +228,7 @@ def run_jax(args):
   t = time.perf_counter()
   _, metrics = step()
   first = time.perf_counter() - t
-  sec = _best(step, args.repeats)
+  sec = bench_util.best_of(step, args.repeats)
   return dict(framework=f'jax ({args.dtype})',
               loss=float(np.asarray(metrics['loss'])), compile_s=compile_s,
               first_step_s=first, step_s=sec,

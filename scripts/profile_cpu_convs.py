@@ -20,17 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
-import time  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-
-def _best(fn, repeats):
-  fn()
-  best = float('inf')
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t0)
-  return best
+import bench_util  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def main(argv=None) -> int:
@@ -74,10 +64,11 @@ def main(argv=None) -> int:
         precision=jax.lax.Precision.HIGHEST))
     xtt = torch.from_numpy(xa.transpose(0, 3, 1, 2).copy())
     ktt = torch.from_numpy(ka.transpose(3, 2, 0, 1).copy())
-    tj = _best(lambda: conv(xj, kj).block_until_ready(), args.repeats)
+    tj = bench_util.best_of(lambda: conv(xj, kj).block_until_ready(),
+                            args.repeats, warmup=True)
     with torch.no_grad():
-      tt = _best(lambda: torch.nn.functional.conv2d(
-          xtt, ktt, stride=stride, padding=pad), args.repeats)
+      tt = bench_util.best_of(lambda: torch.nn.functional.conv2d(
+          xtt, ktt, stride=stride, padding=pad), args.repeats, warmup=True)
     flops = 2 * n * o * c * kh * kw * (
         (h + 2 * pad[0] - kh) // stride[0] + 1) * (
             (w + 2 * pad[1] - kw) // stride[1] + 1)
@@ -87,11 +78,13 @@ def main(argv=None) -> int:
   variables, _ = convert_inception.convert_state_dict(model.state_dict())
   apply = jax.jit(net.apply)
   xj = jax.device_put(x)
-  t_net_j = _best(lambda: apply(variables, xj).block_until_ready(),
-                  args.repeats)
+  t_net_j = bench_util.best_of(
+      lambda: apply(variables, xj).block_until_ready(), args.repeats,
+      warmup=True)
   with torch.no_grad():
-    t_net_t = _best(lambda: benchmark_fid.torch_features(model, xt),
-                    args.repeats)
+    t_net_t = bench_util.best_of(
+        lambda: benchmark_fid.torch_features(model, xt), args.repeats,
+        warmup=True)
   sj = sum(r[1] for r in rows)
   st = sum(r[2] for r in rows)
   total_flops = sum(r[3] for r in rows)
