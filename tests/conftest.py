@@ -7,6 +7,7 @@ model shared by the tests that inspect or resume a run.
 """
 
 import atexit
+import contextlib
 import os
 import pathlib
 import shutil
@@ -131,7 +132,8 @@ def tiny_run(tmp_path_factory):
   data, weights = make_run_inputs(root)
   config = run_config(data, weights)
   workdir = root / 'run'
-  state = train_l2m.train_and_evaluate(config, str(workdir))
+  with fast_compile():  # so do the tests that compare runs with it
+    state = train_l2m.train_and_evaluate(config, str(workdir))
   return types.SimpleNamespace(
       root=root, data=data, weights=weights, config=config, workdir=workdir,
       state=parallel.unreplicate_to_host(state))
@@ -141,18 +143,18 @@ def tiny_run(tmp_path_factory):
 # and whose assertions compare runs of this process with each other or with
 # torch at >= 1e-5: XLA skips its slow optimisation passes there (compile
 # time roughly halves; float results move by round-off only). Parity and
-# equivalence tests elsewhere compile as users do.
+# equivalence tests elsewhere compile as users do. Single tests opt in with
+# `@pytest.mark.fast_compile`; `tiny_run` and every test that compares a
+# training run with it bitwise compile this way (the subprocess runs of
+# test_distributed.py set JAX_DISABLE_MOST_OPTIMIZATIONS=1 too).
 FAST_COMPILE_MODULES = frozenset({
     'test_demo', 'test_train_l2l', 'test_preservation',
-    'test_editing_metrics'})
+    'test_editing_metrics', 'test_train_fid', 'test_distributed'})
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compile(request):
-  name = request.module.__name__.rsplit('.', 1)[-1]
-  if name not in FAST_COMPILE_MODULES:
-    yield
-    return
+@contextlib.contextmanager
+def fast_compile():
+  """XLA without its slow optimisation passes inside the block."""
   from jax._src import compiler  # pylint: disable=g-import-not-at-top
   flag = getattr(compiler, '_DISABLE_MOST_OPTIMIZATIONS', None)
   old = bool(flag.value) if flag is not None else False
@@ -161,6 +163,25 @@ def _fast_compile(request):
     yield
   finally:
     jax.config.update('jax_disable_most_optimizations', old)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _fast_compile_module(request):
+  name = request.module.__name__.rsplit('.', 1)[-1]
+  if name not in FAST_COMPILE_MODULES:
+    yield
+    return
+  with fast_compile():
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _fast_compile_test(request):
+  if request.node.get_closest_marker('fast_compile') is None:
+    yield
+    return
+  with fast_compile():
+    yield
 
 
 # Parallel runs (pytest-xdist, `--dist loadgroup`, as scripts/test.sh runs

@@ -43,18 +43,22 @@ def test_periodic_fid_equals_scripts_fid_on_the_same_images(tiny_run,
     assert ([p.stem for p in sorted((eval_dir / task).glob('*.png'))] ==
             [p.stem for p in sorted((tiny_run.data / 'val' / src).iterdir())])
     out = tmp_path / f'{task}.json'
+    # The batch size of the training's extractor (the validation batch):
+    # the same compiled Inception program, reused from the cache.
     rc = fid_cli.main([str(eval_dir / task),
                        str(tiny_run.data / 'train' / trg),
                        '--weights', str(tiny_run.weights),
                        '--protocol', 'stargan_v2', '--json', str(out),
+                       '--batch-size', str(tiny_run.config.val_batch_size),
                        '--no-progress'])
     assert rc == 0
     reference = json.loads(out.read_text())
     assert reference['num_images'] == [
         len(list((eval_dir / task).iterdir())),
         len(list((tiny_run.data / 'train' / trg).iterdir()))]
-    # Same images, same weights; only the batch composition and the order
-    # of the float64 accumulation differ.
+    # Same images, same weights, same batch size; the images come from
+    # memory in one case and from the PNGs in the other, and the float64
+    # statistics accumulate in another order.
     assert result[f'FID_reference/{task}'] == pytest.approx(
         reference['fid'], rel=1e-6, abs=1e-6)
   assert result['FID_reference/mean'] == pytest.approx(

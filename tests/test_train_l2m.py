@@ -82,6 +82,7 @@ def test_he_init_matches_torch_kaiming_statistics():
   np.testing.assert_array_equal(out['norm']['scale'], 1.0)
 
 
+@pytest.mark.fast_compile
 def test_frozen_networks_random_with_loud_warning(monkeypatch):
   config = tiny.get_config()
   assert not l2m_frozen.load_frozen(config, jax.random.key(0))
@@ -136,6 +137,8 @@ def test_train_and_evaluate_end_to_end(tiny_run):
 
 # ---------------------------------------------------------------------------
 # Resume, faults and bad input on the real train state (tiny_run's workdir).
+# These compile as tiny_run does (`fast_compile`, tests/conftest.py), so a
+# resumed run can equal it bit for bit and reuses its compiled programs.
 # ---------------------------------------------------------------------------
 
 
@@ -157,6 +160,7 @@ def _snapshot(workdir):
           for p in workdir.rglob('*') if p.name != '.lock'}
 
 
+@pytest.mark.fast_compile
 def test_resume_logs_changed_settings(tiny_run, tmp_path, monkeypatch):
   workdir = _copy_run(tiny_run, tmp_path)
   config = conftest.run_config(tiny_run.data, tiny_run.weights, batch_size=8,
@@ -169,6 +173,7 @@ def test_resume_logs_changed_settings(tiny_run, tmp_path, monkeypatch):
   assert 'batch_size: 4 -> 8' in changed[0] and 'lr: 0.01 -> 0.02' in changed[0]
 
 
+@pytest.mark.fast_compile
 @pytest.mark.parametrize('change', ['domain order', 'width'])
 def test_resume_refuses_another_model_or_domain_order(tiny_run, tmp_path,
                                                       change):
@@ -223,6 +228,7 @@ def _damage(step_dir, how):
       f.write_bytes(bytes(data))
 
 
+@pytest.mark.fast_compile
 @pytest.mark.parametrize('how', ['truncated', 'bit-flipped', 'half-deleted'])
 def test_damaged_latest_checkpoint_falls_back_to_older(tiny_run, tmp_path,
                                                        monkeypatch, how):
@@ -243,6 +249,7 @@ def test_damaged_latest_checkpoint_falls_back_to_older(tiny_run, tmp_path,
   assert any(n.startswith('4-') and not n.endswith('.txt') for n in moved)
 
 
+@pytest.mark.fast_compile
 def test_no_intact_checkpoint_is_a_clear_error(tiny_run, tmp_path):
   workdir = _copy_run(tiny_run, tmp_path)
   for step in ('2', '4'):
@@ -255,6 +262,7 @@ def test_no_intact_checkpoint_is_a_clear_error(tiny_run, tmp_path):
   assert errors.is_user_error(e.value)
 
 
+@pytest.mark.fast_compile
 def test_real_checkpoint_restores_on_another_device_count(tiny_run):
   """Saved from 4 devices, restored onto 2, leaf for leaf."""
   config = tiny_run.config
@@ -293,6 +301,7 @@ def _wrap_step(monkeypatch, on_call):
   monkeypatch.setattr(train_l2m, 'compile_train_step', compile_step)
 
 
+@pytest.mark.fast_compile
 def test_sigterm_saves_and_the_rerun_continues_exactly(tiny_run, tmp_path,
                                                        monkeypatch):
   def sigterm_in_step_1(k, batch):
@@ -315,6 +324,7 @@ def test_sigterm_saves_and_the_rerun_continues_exactly(tiny_run, tmp_path,
   assert err == 0.0
 
 
+@pytest.mark.fast_compile
 def test_nonfinite_step_saves_nothing_pmap(tiny_run, tmp_path, monkeypatch):
   """A NaN at step 3 with log_every=5: no NaN checkpoint or export, the last
   good ones stay, the error names the step; the pmap path of the loop."""
@@ -362,6 +372,7 @@ def test_nonfinite_step_saves_nothing_pmap(tiny_run, tmp_path, monkeypatch):
   assert err <= 1e-5
 
 
+@pytest.mark.fast_compile
 def test_a_live_run_holds_the_workdir(tiny_run, tmp_path):
   workdir = tmp_path / 'run'
   config = conftest.run_config(tiny_run.data, tiny_run.weights)
@@ -372,6 +383,7 @@ def test_a_live_run_holds_the_workdir(tiny_run, tmp_path):
   assert not (workdir / 'checkpoints').exists()
 
 
+@pytest.mark.fast_compile
 def test_bad_data_layout_fails_before_training(tiny_run, tmp_path):
   """Each layout mistake is a DatasetError naming the folders."""
   def fresh():
