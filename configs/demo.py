@@ -1,9 +1,10 @@
 """The one-command demo: generated faces, a small L2M-GAN, editing metrics.
 
 Derives from configs/l2m_celebahq.py (the paper settings) and shrinks it to
-32-px generated faces and narrow networks, sized for a whole demo (data, the
-two helper networks, the GAN training, metrics) within 10 minutes on a quiet
-2-core CPU (docs/demo.md: how it is measured). Run:
+32-px generated faces and narrow networks. A whole demo (data, the two helper
+networks, 1200 GAN steps, metrics) took 20 min 37 s on a quiet 2-core CPU
+(docs/demo.md: how it is measured; 1077 s of it the GAN at 1.2 steps/s).
+Run:
 
   python3 -m l2m_jax.demo --workdir=runs/demo
 
