@@ -137,8 +137,9 @@ def test_train_and_evaluate_end_to_end(tiny_run):
 
 # ---------------------------------------------------------------------------
 # Resume, faults and bad input on the real train state (tiny_run's workdir).
-# These compile as tiny_run does (`fast_compile`, tests/conftest.py), so a
-# resumed run can equal it bit for bit and reuses its compiled programs.
+# The tests here that train compile as tiny_run does (`fast_compile`,
+# tests/conftest.py), so a resumed run can equal it bit for bit and reuses its
+# compiled programs.
 # ---------------------------------------------------------------------------
 
 
@@ -372,7 +373,6 @@ def test_nonfinite_step_saves_nothing_pmap(tiny_run, tmp_path, monkeypatch):
   assert err <= 1e-5
 
 
-@pytest.mark.fast_compile
 def test_a_live_run_holds_the_workdir(tiny_run, tmp_path):
   workdir = tmp_path / 'run'
   config = conftest.run_config(tiny_run.data, tiny_run.weights)
@@ -383,7 +383,6 @@ def test_a_live_run_holds_the_workdir(tiny_run, tmp_path):
   assert not (workdir / 'checkpoints').exists()
 
 
-@pytest.mark.fast_compile
 def test_bad_data_layout_fails_before_training(tiny_run, tmp_path):
   """Each layout mistake is a DatasetError naming the folders."""
   def fresh():
