@@ -1,14 +1,20 @@
-"""Multi-process runs on CPU (gloo): `python3 -m l2m_jax.main` as 2 processes.
+"""Multi-process runs on CPU (gloo): 2 processes x 2 CPU devices.
 
-The default-suite test starts the training entry point as 2 processes x 2
-CPU devices with the environment variables of docs/training.md, on the
-settings of conftest.RUN_OVERRIDES (4 steps of configs/tiny.py, a checkpoint
-and an EMA export every 2 steps, the sample grid and the FID with
-random-weight Inception at step 4). Process 1 gets SIGTERM early; both
-processes must stop at the same step, save it and exit 0. The rerun resumes
-and finishes. Its results are compared with `tiny_run`, the same config run
-uninterrupted in one process on 4 devices: the final parameters and the EMA
-export to float round-off, the FID JSON to round-off of the statistics.
+Default suite (`test_two_processes_train_share_and_stop_together`, about
+20 s): a toy data-parallel step, an inference pass over each process's share
+and SIGTERM to one process, in two worker processes started as
+docs/training.md starts them.
+
+Slow suite (`bash scripts/test.sh -m slow`; about 2.5 minutes on an idle
+2-core machine, twice that beside the rest of the suite): the training entry
+point `python3 -m l2m_jax.main` as 2 processes, on the settings of
+conftest.RUN_OVERRIDES (4 steps of configs/tiny.py, a checkpoint and an EMA
+export every 2 steps, the sample grid and the FID with random-weight
+Inception at step 4). Process 1 gets SIGTERM early; both processes must stop
+at the same step, save it and exit 0. The rerun resumes and finishes. Its
+results are compared with `tiny_run`, the same config run uninterrupted in
+one process on 4 devices: the final parameters and the EMA export to float
+round-off, the FID JSON to round-off of the statistics.
 
 Subprocesses share the session's compilation cache, are bounded by
 timeouts, are killed when the test fails, and their logs are printed on
@@ -156,6 +162,7 @@ def two_process_run(tiny_run, tmp_path_factory):
               steps_after_first=steps_after_first)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_all_at_one_step(two_process_run):
   first = two_process_run['first']
   assert two_process_run['rcs'][0] == [0, 0], first.dump()
@@ -168,6 +175,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step(two_process_run):
   assert two_process_run['steps_after_first'] == [step]
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_finishes(two_process_run):
   second = two_process_run['second']
   assert two_process_run['rcs'][1] == [0, 0], second.dump()
@@ -182,6 +190,7 @@ def test_rerun_resumes_and_finishes(two_process_run):
   assert len(list(workdir.glob('events.out.tfevents.*'))) == 2
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_and_equals_one_process(two_process_run,
                                                     tiny_run):
   """The final checkpoint restores (here on 2 devices of 1 process) and
@@ -219,6 +228,7 @@ def test_checkpoint_restores_and_equals_one_process(two_process_run,
   assert params <= 1e-5 and ema <= 1e-6
 
 
+@pytest.mark.slow
 def test_ema_export_and_fid_equal_one_process(two_process_run, tiny_run):
   from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
   workdir = two_process_run['workdir']
@@ -276,11 +286,12 @@ def test_ema_export_and_fid_equal_one_process(two_process_run, tiny_run):
 
 
 # ---------------------------------------------------------------------------
-# Slow: the toy step of test_parallel.py over 2 processes.
+# Default suite: the toy step of test_parallel.py over 2 processes, the
+# per-process inference share, and SIGTERM to one process.
 # ---------------------------------------------------------------------------
 
-_WORKER = textwrap.dedent('''
-    import json, sys
+_WORKER = textwrap.dedent("""
+    import json, sys, time
     sys.path.insert(0, {repo!r})
     import jax
     jax.config.update('jax_num_cpu_devices', 2)
@@ -289,10 +300,14 @@ _WORKER = textwrap.dedent('''
     jax.distributed.initialize('localhost:{port}', 2, pid)
     import numpy as np
     from l2m_jax import parallel
+    from l2m_jax import training
     from tests import test_parallel as tp
+    def say(tag, value):
+      print(tag + ' ' + json.dumps(value), flush=True)
     mesh = parallel.make_mesh()
     assert jax.device_count() == 4 and jax.process_count() == 2
-    compiled = parallel.compile_step(tp._step, mesh, {mode!r}, num_args=1)
+    # 1. Data-parallel training steps over both processes' devices.
+    compiled = parallel.compile_step(tp._step, mesh, 'shard_map', num_args=1)
     state = compiled.put_state(tp._init())
     frozen = compiled.put_args({{'scale': np.float32(0.7)}})
     n = parallel.local_batch_size(8, mesh)
@@ -300,34 +315,81 @@ _WORKER = textwrap.dedent('''
       local = {{k: v[pid * n:(pid + 1) * n] for k, v in batch.items()}}
       state, m = compiled(state, compiled.put_batch(local), frozen)
     out = parallel.unreplicate_to_host(compiled.get_state(state))
-    print('RESULT ' + json.dumps({{'w': out[0]['w'].tolist(),
-                                   'loss': float(compiled.get_metrics(m)['loss'])}}))
+    say('STEPS', {{'w': out[0]['w'].tolist(),
+                  'loss': float(compiled.get_metrics(m)['loss'])}})
+    # 2. Inference on this process's share (FID, evaluation, editing):
+    # map_batches on the local devices, rows gathered to process 0.
+    data = np.arange(23 * 3, dtype=np.float32).reshape(23, 3)
+    share = data[parallel.process_slice(len(data))]
+    fn = jax.jit(lambda w, x: jax.numpy.tanh(x @ w))
+    rows = parallel.map_batches(fn, share, batch_size=4,
+                                args=(out[0]['w'][:3],))
+    padded = np.zeros((parallel.max_share(len(data)),) + rows.shape[1:],
+                      rows.dtype)
+    padded[:len(rows)] = rows
+    gathered = parallel.gather_to_main(padded, len(rows))
+    say('SHARE', {{'rows': len(rows), 'gathered':
+                  None if gathered is None else gathered.tolist()}})
+    # 3. SIGTERM to one process: every process stops after the same step.
+    with training.Preemption() as preempt:
+      for step in range(1, 3001):
+        state, m = compiled(state, compiled.put_batch(local), frozen)
+        jax.block_until_ready(state)
+        print(f'STEP {{step}}', flush=True)
+        if preempt.should_stop(step):
+          say('STOPPED', step)
+          break
+        time.sleep(0.02)
     jax.distributed.shutdown()
-''')
+""")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('mode', ['shard_map'])
-def test_two_process_run_matches_single_process(tmp_path, mode):
+def test_two_processes_train_share_and_stop_together(tmp_path):
+  """2 processes x 2 CPU devices (gloo), as docs/training.md starts them.
+
+  The data-parallel step equals the whole-batch reference; each process's
+  share of an inference pass, gathered to process 0, equals the pass over
+  all rows; SIGTERM to process 1 stops both processes after one and the
+  same step, and both exit 0 (JAX's preemption service caught it).
+  """
   from tests import test_parallel as tp  # pylint: disable=g-import-not-at-top
   script = tmp_path / 'worker.py'
-  script.write_text(_WORKER.format(repo=REPO, port=_free_port(), mode=mode))
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  procs = [subprocess.Popen([sys.executable, str(script), str(i)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=REPO) for i in range(2)]
-  results = []
+  script.write_text(_WORKER.format(repo=REPO, port=_free_port()))
+  env = dict(os.environ, **conftest.compilation_env())
+  env['TF_CPP_MIN_LOG_LEVEL'] = '3'
+  group = _Processes([[sys.executable, str(script), str(i)] for i in (0, 1)],
+                     [env, env], tmp_path, 'toy')
   try:
-    for p in procs:
-      out, err = p.communicate(timeout=240)
-      assert p.returncode == 0, err[-3000:]
-      line = [l for l in out.splitlines() if l.startswith('RESULT ')]
-      results.append(json.loads(line[0][7:]))
+    group.wait_for(1, r'STEP 3\b', 240)
+    os.kill(group.procs[1].pid, signal.SIGTERM)
+    rcs = group.wait(120)
   finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+    group.kill()
+  assert rcs == [0, 0], group.dump()
+
+  def tagged(i, tag):
+    return [json.loads(line[len(tag) + 1:]) for line in
+            group.log(i).splitlines() if line.startswith(tag + ' ')]
   want_state, want_losses = tp._reference()
-  for r in results:
-    np.testing.assert_allclose(r['w'], want_state[0]['w'], atol=1e-6)
-    np.testing.assert_allclose(r['loss'], want_losses[-1], rtol=1e-5)
+  for i in (0, 1):
+    (got,) = tagged(i, 'STEPS')
+    np.testing.assert_allclose(got['w'], want_state[0]['w'], atol=1e-6)
+    np.testing.assert_allclose(got['loss'], want_losses[-1], rtol=1e-5)
+  # 23 rows: shares of 12 and 11 rows, padded to the local batch.
+  shares = [tagged(i, 'SHARE')[0] for i in (0, 1)]
+  assert [s['rows'] for s in shares] == [12, 11]
+  assert shares[1]['gathered'] is None
+  data = np.arange(23 * 3, dtype=np.float32).reshape(23, 3)
+  want = np.tanh(data.astype(np.float64) @ np.asarray(want_state[0]['w'],
+                                                      np.float64)[:3])
+  np.testing.assert_allclose(shares[0]['gathered'], want, atol=1e-5)
+  stops = [tagged(i, 'STOPPED') for i in (0, 1)]
+  assert stops[0] and stops[0] == stops[1], group.dump()
+  # The signal came after step 3 of process 1; the stop step is later, the
+  # same on both, and no process ran past it.
+  print(f'SIGTERM to process 1 after its step 3: both stopped after step '
+        f'{stops[0][0]}')
+  assert stops[0][0] >= 3
+  for i in (0, 1):
+    steps = re.findall(r'^STEP (\d+)$', group.log(i), re.M)
+    assert int(steps[-1]) == stops[0][0]
