@@ -28,6 +28,9 @@ Stages (one progress line each, an ETA while training):
      same grid enlarged 4x (nearest-neighbour) as demo_grid_large.png, and
      <workdir>/edits.npz (the quantised edits the metrics were computed on).
 
+On a CPU the command splits the host into `config.demo.cpu_devices` JAX
+devices (default 2) and trains data-parallel over them.
+
 Stages 1-3 are reused when <workdir> already holds their output for the same
 settings; stage 4 resumes from the latest checkpoint in <workdir>/train (use a
 fresh workdir when changing training settings). Library INFO logging
@@ -682,13 +685,24 @@ def _quiet_libraries() -> None:
     py_logging.getLogger(name).setLevel(py_logging.WARNING)
 
 
+def _run_cli(config, workdir: str) -> dict:
+  """run_demo after splitting a CPU host into config.demo.cpu_devices."""
+  n = config.demo.get('cpu_devices', 0)
+  if not isinstance(n, int) or n < 0:
+    raise ValueError(f'config.demo.cpu_devices={n!r}: expected an integer '
+                     '>= 0 (0 = JAX\'s default device count)')
+  if n:  # before any JAX backend starts; GPU runs ignore it
+    jax.config.update('jax_num_cpu_devices', n)
+  return run_demo(config, workdir)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _VERBOSE.value:
     _quiet_libraries()
   # Exit codes: l2m_jax/errors.py (docs/reliability.md).
-  cli.run_reporting_errors(run_demo, _CONFIG.value, _WORKDIR.value,
+  cli.run_reporting_errors(_run_cli, _CONFIG.value, _WORKDIR.value,
                            prefix='demo: error', log=False)
 
 

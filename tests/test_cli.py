@@ -72,6 +72,16 @@ def test_demo_config_typo_is_one_line_exit_2(tmp_path):
       '(did you mean total_iters?)')
 
 
+def test_demo_bad_cpu_devices_is_one_line_exit_2(tmp_path):
+  r = _run('-m', 'l2m_jax.demo', f'--workdir={tmp_path / "w"}',
+           '--config.demo.cpu_devices=-2')
+  assert r.returncode == 2, r.stderr
+  assert r.stderr.strip() == (
+      'demo: error: config.demo.cpu_devices=-2: expected an integer >= 0 '
+      "(0 = JAX's default device count)"), r.stderr
+  assert not (tmp_path / 'w').exists()
+
+
 def _files(tmp_path):
   png = tmp_path / 'face.png'
   Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(png)

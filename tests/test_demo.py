@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -203,7 +204,7 @@ def test_demo_stages_smoke(tmp_path, capsys):
 
 def _run_quick_demo(workdir, *extra):
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  env.pop('XLA_FLAGS', None)  # one CPU device, as a user runs it
+  env.pop('XLA_FLAGS', None)  # the CPU devices the CLI sets, as a user runs it
   out = subprocess.run(
       [sys.executable, '-m', 'l2m_jax.demo', '--config=configs/demo.py:quick',
        f'--workdir={workdir}', *extra], cwd=REPO, env=env,
@@ -222,6 +223,8 @@ def test_quick_demo_log_outputs_and_determinism(tmp_path):
     assert sum(l.split('] ', 1)[-1].startswith(f'{stage}/{demo.NUM_STAGES} ')
                for l in lines) == 1, (stage, log)
   assert 'compiling' in log
+  # The CLI splits the CPU into config.demo.cpu_devices devices.
+  assert f'device cpu x{demo_config.get_config("quick").demo.cpu_devices}' in log
   assert 'training: 2/2 (100%)' in log or 'first step done' in log
   assert len(lines) < 60, log
   for noise in ('INFO', 'orbax', 'parameter', 'I0000', 'cpu_feature_guard'):
@@ -248,7 +251,9 @@ def test_quick_demo_log_outputs_and_determinism(tmp_path):
           (tmp_path / 'b' / 'demo_grid.png').read_bytes())
   # --verbose brings the library logs back.
   verbose = _run_quick_demo(tmp_path / 'a', '--verbose')
-  assert 'reusing' in verbose and ('INFO' in verbose or 'I0' in verbose)
+  assert 'reusing' in verbose
+  # absl's INFO lines: 'I' + month and day (e.g. I1202 06:51:11.262539 ...).
+  assert re.search(r'^I\d{4} \d\d:\d\d:\d\d\.\d+ ', verbose, re.M), verbose[-2000:]
 
 
 def test_demo_config_sizes():
