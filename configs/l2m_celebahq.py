@@ -84,6 +84,8 @@ def get_config(arg: str = '', container=None):
   c.val_batch_size = 32  # global batch for sampling/FID, images (original 32)
   c.total_iters = 100_000  # training iterations = train steps (original 100000)
   c.lr = 1e-4  # Adam learning rate of G, E (with P and T) and D (original 1e-4)
+  c.lr_schedule = 'constant'  # 'constant' or 'cosine' (hold, then half cosine to 0) (original constant)
+  c.lr_decay_start = 0.0  # cosine only: fraction of total_iters before the decay begins
   c.beta1 = 0.0  # Adam beta1 (original 0.0)
   c.beta2 = 0.99  # Adam beta2 (original 0.99)
   c.adam_eps = 1e-8  # Adam epsilon (original torch default 1e-8)

@@ -145,7 +145,45 @@ def make_optimizer(config: ml_collections.ConfigDict
       optax.add_decayed_weights(float(config.weight_decay)),
       optax.scale_by_adam(b1=float(config.beta1), b2=float(config.beta2),
                           eps=float(config.adam_eps)),
-      optax.scale(-float(config.lr)))
+      _scale_by_lr(config))
+
+
+LR_SCHEDULES = ('constant', 'cosine')
+
+
+def lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """The learning rate of G, E and D at each update.
+
+  'constant' (the original): config.lr throughout. 'cosine': config.lr for
+  the first config.lr_decay_start * total_iters updates, then a half cosine
+  down to 0 at update total_iters (a short run ends on small, averaging
+  steps instead of stopping mid-oscillation).
+  """
+  name = config.get('lr_schedule', 'constant')
+  lr = float(config.lr)
+  if name == 'constant':
+    return optax.constant_schedule(lr)
+  if name != 'cosine':
+    raise ValueError(f'lr_schedule={name!r}: expected one of {LR_SCHEDULES}')
+  total = int(config.total_iters)
+  start = float(config.get('lr_decay_start', 0.0))
+  if not 0.0 <= start < 1.0 or total < 1:
+    raise ValueError(f'lr_decay_start={start!r} must be in [0, 1) and '
+                     f'total_iters={total!r} >= 1 for lr_schedule=cosine')
+  hold = int(round(start * total))
+  return optax.join_schedules(
+      [optax.constant_schedule(lr),
+       optax.cosine_decay_schedule(lr, max(total - hold, 1))], [hold])
+
+
+def _scale_by_lr(config: ml_collections.ConfigDict
+                 ) -> optax.GradientTransformation:
+  if config.get('lr_schedule', 'constant') == 'constant':
+    # Keeps the original's optimizer state (no step counter) and resumes
+    # checkpoints written before the schedule existed.
+    return optax.scale(-float(config.lr))
+  schedule = lr_schedule(config)
+  return optax.scale_by_schedule(lambda count: -schedule(count))
 
 
 def he_init(params: Any, rng: jax.Array) -> Any:
@@ -387,6 +425,13 @@ def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any],
   else:
     logging.warning('%s: the checkpoint records no model config; its shapes '
                     'are checked by the restore only.', checkpoint)
+  # A schedule adds a step counter to the optimizer state of each network.
+  old_s, new_s = (dict(m.get('config', {})).get('lr_schedule', 'constant')
+                  for m in (saved, current))
+  if (old_s == 'constant') != (new_s == 'constant'):
+    problems.append(f'  lr_schedule: checkpoint {old_s!r}, this run '
+                    f'{new_s!r} (constant and scheduled learning rates keep '
+                    'different optimizer states)')
   if problems:
     training.refuse_resume(
         checkpoint, problems, 'The domain names are the sorted folder names '
