@@ -2,9 +2,9 @@
 
 Derives from configs/l2m_celebahq.py (the paper settings) and shrinks it to
 32-px generated faces and narrow networks. A whole demo (data, the two helper
-networks, 1200 GAN steps, metrics) took 17 min 37 s on a quiet 2-core CPU
-(docs/demo.md: how it is measured; 898 s of it the GAN, about 1.45 steps/s
-over 2 CPU devices).
+networks, 1200 GAN steps, metrics) took 10 min 47 s on a quiet 2-core CPU
+(docs/demo.md: how it is measured, and why the same work took 17 min 37 s
+earlier the same day; 556 s of it the GAN, 2.3 steps/s over 2 CPU devices).
 Run:
 
   python3 -m l2m_jax.demo --workdir=runs/demo
@@ -43,7 +43,7 @@ def get_config(arg: str = ''):
   c.landmark_checkpoint = ''  # set by the demo: LandmarkNet trained on the faces (original: FAN wing.ckpt)
   c.preservation = 'synthetic_faces'  # PreservationNet trained on the faces (original ImageNet resnet18)
   c.preservation_checkpoint = ''  # set by the demo to <workdir>/priors/preservation
-  c.lambda_cyc = 10.0  # cycle weight (original 1; reconstruction must converge in a short run)
+  c.lambda_cyc = 20.0  # cycle weight (original 1; reconstruction must converge in a short run)
   c.lambda_id = 20.0  # preservation weight (original 1; the PreservationNet's features are small)
   c.batch_size = 8  # global batch, images (original 8)
   c.val_batch_size = 16  # global sample batch (original 32)
