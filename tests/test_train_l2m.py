@@ -102,11 +102,13 @@ def test_cosine_lr_schedule_matches_torch_schedulers():
       lrs + [0.0], rtol=1e-5, atol=1e-9)
   assert lrs[:4] == [0.05] * 4 and lrs[4] < 0.05  # held, then decaying
   config.lr_schedule = 'linear'
-  with pytest.raises(ValueError, match="lr_schedule='linear'"):
+  with pytest.raises(ValueError, match="lr_schedule='linear'") as e:
     train_l2m.make_optimizer(config)
+  assert errors.is_user_error(e.value)  # one line from the CLI, exit 2
   config.lr_schedule, config.lr_decay_start = 'cosine', 1.0
-  with pytest.raises(ValueError, match='lr_decay_start=1.0'):
+  with pytest.raises(ValueError, match='lr_decay_start=1.0') as e:
     train_l2m.make_optimizer(config)
+  assert errors.is_user_error(e.value)
 
 
 def test_he_init_matches_torch_kaiming_statistics():
