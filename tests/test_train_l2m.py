@@ -468,6 +468,33 @@ def test_bad_data_layout_fails_before_training(tiny_run, tmp_path):
   expect(d, str(d / 'val' / 'pos'), str(d / 'val' / 'positive'))
 
 
+def _torch_params_to_flax(module, name, mc):
+  from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
+  from l2m_jax.models import l2m as l2m_models  # pylint: disable=g-import-not-at-top
+  key_map = l2m_convert.module_key_map(l2m_models.init_shapes(mc, True)[name])
+  params = l2m_convert._convert_module(  # pylint: disable=protected-access
+      module.state_dict(), key_map)['params']
+  return params, key_map
+
+
+def _worst_relative_grad_error(flax_grads, torch_module, key_map):
+  """Worst max-abs error over tensors, each relative to its own max-abs
+  gradient, floored at 1e-2 of the module's largest: biases before an
+  instance norm have a true gradient of 0 and carry only round-off of the
+  cancelling sums (2e-7 measured, against 0.48 for the largest)."""
+  from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
+  flat = t2f.flatten({'params': flax_grads})
+  wants = {}
+  for tkey, p in torch_module.named_parameters():
+    want = p.grad if p.grad is not None else torch.zeros_like(p)  # unused
+    wants[tkey] = (t2f.conv_kernel(want) if want.ndim == 4 else
+                   t2f.dense_kernel(want) if want.ndim == 2 else
+                   want.detach().numpy())
+  floor = 1e-2 * max(float(np.abs(w).max()) for w in wants.values())
+  return max(float(np.abs(flat[key_map[k][0]] - w).max()) /
+             max(float(np.abs(w).max()), floor) for k, w in wants.items())
+
+
 @pytest.mark.parametrize('r1_every', [1, 3])
 def test_discriminator_gradient_and_lazy_r1_match_torch(r1_every):
   """The D objective's gradient against torch autograd on the reference D.
@@ -476,7 +503,6 @@ def test_discriminator_gradient_and_lazy_r1_match_torch(r1_every):
   lazy R1 (r1_every = N > 1) the penalty is N * R1 on steps divisible by N
   and absent on the others.
   """
-  from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
   from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
   from l2m_jax.models import l2m as l2m_models  # pylint: disable=g-import-not-at-top
   from tests import l2m_checkpoints as lc  # pylint: disable=g-import-not-at-top
@@ -488,10 +514,7 @@ def test_discriminator_gradient_and_lazy_r1_match_torch(r1_every):
   torch.manual_seed(0)
   d_torch = lc.he_init_(l2m_torch.Discriminator(
       mc.img_size, mc.num_domains, mc.max_conv_dim, base_dim=mc.base_dim), 3)
-  key_map = l2m_convert.module_key_map(
-      l2m_models.init_shapes(mc, True)['discriminator'])
-  params = l2m_convert._convert_module(  # pylint: disable=protected-access
-      d_torch.state_dict(), key_map)['params']
+  params, key_map = _torch_params_to_flax(d_torch, 'discriminator', mc)
   disc = l2m_models.build_discriminator(mc)
   grads_fn = jax.jit(functools.partial(train_l2m.discriminator_grads,
                                        disc=disc, config=config))
@@ -530,33 +553,6 @@ def test_discriminator_gradient_and_lazy_r1_match_torch(r1_every):
     print(f'r1_every {r1_every} step {step} (R1 {with_r1}): worst relative '
           f'gradient error {worst:.2e}')
     assert worst <= 1e-4
-
-
-def _torch_params_to_flax(module, name, mc):
-  from l2m_jax.convert import l2m as l2m_convert  # pylint: disable=g-import-not-at-top
-  from l2m_jax.models import l2m as l2m_models  # pylint: disable=g-import-not-at-top
-  key_map = l2m_convert.module_key_map(l2m_models.init_shapes(mc, True)[name])
-  params = l2m_convert._convert_module(  # pylint: disable=protected-access
-      module.state_dict(), key_map)['params']
-  return params, key_map
-
-
-def _worst_relative_grad_error(flax_grads, torch_module, key_map):
-  """Worst max-abs error over tensors, each relative to its own max-abs
-  gradient, floored at 1e-2 of the module's largest: biases before an
-  instance norm have a true gradient of 0 and carry only round-off of the
-  cancelling sums (2e-7 measured, against 0.48 for the largest)."""
-  from l2m_jax.convert import torch_to_flax as t2f  # pylint: disable=g-import-not-at-top
-  flat = t2f.flatten({'params': flax_grads})
-  wants = {}
-  for tkey, p in torch_module.named_parameters():
-    want = p.grad if p.grad is not None else torch.zeros_like(p)  # unused
-    wants[tkey] = (t2f.conv_kernel(want) if want.ndim == 4 else
-                   t2f.dense_kernel(want) if want.ndim == 2 else
-                   want.detach().numpy())
-  floor = 1e-2 * max(float(np.abs(w).max()) for w in wants.values())
-  return max(float(np.abs(flat[key_map[k][0]] - w).max()) /
-             max(float(np.abs(w).max()), floor) for k, w in wants.items())
 
 
 @pytest.mark.slow  # one more compilation of the real step (about a minute)
