@@ -163,7 +163,8 @@ def _prior_settings(config, kind: str) -> dict:
             'width': int(d.landmark_width)}
   return {**common, 'steps': int(d.preservation_steps),
           'width': int(d.preservation_width),
-          'invariance': float(d.preservation_invariance)}
+          'invariance': float(d.preservation_invariance),
+          'norm': bool(d.preservation_norm)}
 
 
 def _cached_prior(path: pathlib.Path, fmt: str, settings: dict):
@@ -255,7 +256,7 @@ def train_preservation(config, workdir: str) -> dict:
         train['image'], sf.preserved_targets(train, d.attribute), cf,
         steps=int(d.preservation_steps), width=int(d.preservation_width),
         invariance=float(d.preservation_invariance),
-        seed=int(config.seed) + 1,
+        norm=bool(d.preservation_norm), seed=int(config.seed) + 1,
         progress=Progress('preservation', int(d.preservation_steps)),
         log_every=1)
     meta['demo_settings'] = settings

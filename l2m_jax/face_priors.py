@@ -133,6 +133,7 @@ def train_preservation_net(images, targets, counterfactuals, *,
                            steps: int = 600, width: int = 16,
                            batch_size: int = 32, lr: float = 2e-3,
                            invariance: float = 1.0, noise_std: float = 0.05,
+                           norm: bool = False,
                            seed: int = 1, progress: Progress | None = None,
                            log_every: int = 100
                            ) -> tuple[Any, dict[str, Any]]:
@@ -149,6 +150,8 @@ def train_preservation_net(images, targets, counterfactuals, *,
       flipped.
     invariance: weight of the feature agreement term.
     noise_std: Gaussian pixel noise on the regression input ([-1, 1] units).
+    norm: GroupNorm after each conv (`PreservationNet.norm`; off by default,
+      so the features see a global colour shift).
     (other arguments as in `train_landmark_net`)
 
   Returns:
@@ -161,7 +164,7 @@ def train_preservation_net(images, targets, counterfactuals, *,
     raise ValueError(f'images {x.shape}, counterfactuals {x_cf.shape} and '
                      f'targets {y.shape} must have the same length/shape')
   model = preservation_lib.PreservationNet(num_outputs=y.shape[1],
-                                           width=width)
+                                           width=width, norm=norm)
   params = model.init(jax.random.key(seed), jnp.zeros((1,) + x.shape[1:]))
   batch_size = min(batch_size, len(x))
 
@@ -183,7 +186,7 @@ def train_preservation_net(images, targets, counterfactuals, *,
                       progress=progress, log_every=log_every)
   meta = {'format': preservation_lib.FORMAT,
           'config': {'width': width, 'num_outputs': int(y.shape[1]),
-                     'image_size': int(x.shape[1])},
+                     'image_size': int(x.shape[1]), 'norm': bool(norm)},
           'train': {'steps': steps, 'batch_size': batch_size, 'lr': lr,
                     'invariance': invariance, 'noise_std': noise_std,
                     'seed': seed, 'examples': int(len(x)),
@@ -208,7 +211,9 @@ def _template(fmt: str, config: Mapping[str, Any]):
     size = int(config['input_size'])
   else:
     model = preservation_lib.PreservationNet(
-        num_outputs=int(config['num_outputs']), width=int(config['width']))
+        num_outputs=int(config['num_outputs']), width=int(config['width']),
+        # Saved before the field existed: those networks had GroupNorm.
+        norm=bool(config.get('norm', True)))
     size = int(config['image_size'])
   return jax.eval_shape(model.init, jax.random.key(0),
                         jnp.zeros((1, size, size, 3), jnp.float32))

@@ -2,7 +2,8 @@
 
 References: the same network written with torch.nn (Conv2d, GroupNorm,
 LeakyReLU, Linear) from the Flax weights, and properties of the trained
-network (counterfactual invariance against a different face).
+network (counterfactual invariance against a different face; a global colour
+shift costs more than the counterfactual without GroupNorm, not with it).
 """
 
 import jax
@@ -29,11 +30,14 @@ def _torch_features(variables, x_nhwc):
                            ).double()
     conv.weight.data = k.permute(3, 2, 0, 1).contiguous()
     conv.bias.data = p[f'conv{i}']['bias']
-    c = k.shape[3]
-    norm = torch.nn.GroupNorm(min(8, c), c, eps=1e-6).double()
-    norm.weight.data = p[f'norm{i}']['scale']
-    norm.bias.data = p[f'norm{i}']['bias']
-    h = torch.nn.functional.leaky_relu(norm(conv(h)), 0.2)
+    h = conv(h)
+    if f'norm{i}' in p:
+      c = k.shape[3]
+      norm = torch.nn.GroupNorm(min(8, c), c, eps=1e-6).double()
+      norm.weight.data = p[f'norm{i}']['scale']
+      norm.bias.data = p[f'norm{i}']['bias']
+      h = norm(h)
+    h = torch.nn.functional.leaky_relu(h, 0.2)
     feats.append(h.permute(0, 2, 3, 1))  # NHWC, as Flax flattens
   fc = p['fc']
   feats.append(feats[-1].reshape(h.shape[0], -1) @ fc['kernel'] + fc['bias'])
@@ -41,9 +45,10 @@ def _torch_features(variables, x_nhwc):
   return [f.numpy() for f in feats]
 
 
-@pytest.fixture(scope='module')
-def net():
-  model = preservation.PreservationNet(num_outputs=5, width=8)
+@pytest.fixture(scope='module', params=[False, True], ids=['plain', 'norm'])
+def net(request):
+  model = preservation.PreservationNet(num_outputs=5, width=8,
+                                       norm=request.param)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   # Non-trivial norm affines, so the reference checks them too.
   rng = np.random.default_rng(0)
@@ -85,13 +90,31 @@ def test_loss_gradient_flows_into_the_edit_only(net):
 
 def test_model_from_variables(net):
   assert preservation.model_from_variables(net) == (
-      preservation.PreservationNet(num_outputs=5, width=8))
+      preservation.PreservationNet(num_outputs=5, width=8,
+                                   norm='norm0' in net['params']))
   with pytest.raises(ValueError, match='PreservationNet'):
     preservation.model_from_variables({'params': {}})
 
 
+def test_save_load_round_trip_with_and_without_the_norm_field(net, tmp_path):
+  """A meta.json without 'norm' (written before the field) means GroupNorm."""
+  has_norm = 'norm0' in net['params']
+  config = {'width': 8, 'num_outputs': 5, 'image_size': 32}
+  if not has_norm:
+    config['norm'] = False
+  face_priors.save(tmp_path / 'p', net,
+                   {'format': preservation.FORMAT, 'config': config})
+  loaded, _ = face_priors.load(tmp_path / 'p', preservation.FORMAT)
+  x = np.random.default_rng(2).uniform(-1, 1, (2, 32, 32, 3))
+  for a, b in zip(preservation.features(loaded, x),
+                  preservation.features(net, x)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_training_makes_features_ignore_the_attribute(tmp_path):
-  """After training, a face is closer to its counterfactual than to others."""
+  """After training, a face is closer to its counterfactual than to others,
+  and (no GroupNorm) a global colour tint costs more than the counterfactual
+  (with GroupNorm, measured: 0.18x the counterfactual at this size)."""
   attr = 'grey_hair'
   train = sf.generate_arrays(192, 32, 0, 'train')
   cf = sf.generate_counterfactuals(192, 32, 0, 'train', attr)
@@ -110,9 +133,16 @@ def test_training_makes_features_ignore_the_attribute(tmp_path):
   loss = jax.jit(preservation.preservation_loss)
   to_cf = float(loss(variables, x, x_cf))
   to_other = float(loss(variables, x, np.roll(x, 1, axis=0)))
-  print(f'counterfactual {to_cf:.4f}, other face {to_other:.4f}')
+  # A uniform tint of half the counterfactual's mean pixel change.
+  tint = x + np.array([0.06, -0.03, 0.06])
+  to_tint = float(loss(variables, x, tint))
+  print(f'counterfactual {to_cf:.4f}, tint {to_tint:.4f}, other face '
+        f'{to_other:.4f}; pixels: cf {np.abs(x_cf - x).mean():.3f}, tint '
+        f'{np.abs(tint - x).mean():.3f}')
   assert to_cf < 0.25 * to_other
+  assert to_tint > to_cf
   face_priors.save(tmp_path / 'p', variables, meta)
   loaded, meta2 = face_priors.load(tmp_path / 'p', preservation.FORMAT)
   assert meta2['config']['num_outputs'] == sf.IDENTITY_DIM + 2
+  assert meta2['config']['norm'] is False
   np.testing.assert_allclose(float(loss(loaded, x, x_cf)), to_cf, rtol=1e-6)

@@ -29,11 +29,11 @@ HIDDEN = 64  # size of the dense feature layer
 
 def strided_conv_stages(h: jax.Array, width: int,
                         activation: Callable[[jax.Array], jax.Array],
-                        dtype: Any) -> list[jax.Array]:
+                        dtype: Any, norm: bool = True) -> list[jax.Array]:
   """Four stride-2 3x3 convs of width x (1, 2, 4, 4), GroupNorm, activation.
 
-  The layers are `conv{i}` and `norm{i}` (min(8, channels) groups) of the
-  calling module: call this from a compact `__call__`.
+  The layers are `conv{i}` and, with `norm`, `norm{i}` (min(8, channels)
+  groups) of the calling module: call this from a compact `__call__`.
 
   Returns:
     The four stage outputs.
@@ -43,28 +43,36 @@ def strided_conv_stages(h: jax.Array, width: int,
     f = width * mult
     h = nn.Conv(f, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
                 dtype=dtype, name=f'conv{i}')(h)
-    h = activation(nn.GroupNorm(num_groups=min(8, f), dtype=dtype,
-                                name=f'norm{i}')(h))
+    if norm:
+      h = nn.GroupNorm(num_groups=min(8, f), dtype=dtype, name=f'norm{i}')(h)
+    h = activation(h)
     outs.append(h)
   return outs
 
 
 class PreservationNet(nn.Module):
-  """Four stride-2 3x3 convs (GroupNorm, LReLU), a dense layer and a head.
+  """Four stride-2 3x3 convs (LReLU), a dense layer and a head.
 
   Call: x [N, S, S, 3] in [-1, 1] -> outputs [N, num_outputs], or with
   `features=True` the list of the five feature maps (four conv outputs and
   the dense layer), which the preservation loss compares.
+
+  `norm=False` (the default) has no normalisation layers, so the features
+  see a global colour shift of the input as the paper's ResNet-18 does (its
+  BatchNorm statistics are frozen: an affine map of the input). `norm=True`
+  puts a GroupNorm after each conv; its per-image statistics remove most of
+  a uniform tint, so a preservation term built on it barely penalises one.
   """
   num_outputs: int
   width: int = 16
+  norm: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, features: bool = False):
     feats = strided_conv_stages(
         jnp.asarray(x, jnp.float32).astype(self.dtype), self.width,
-        lambda y: nn.leaky_relu(y, 0.2), self.dtype)
+        lambda y: nn.leaky_relu(y, 0.2), self.dtype, norm=self.norm)
     h = feats[-1]
     h = nn.Dense(HIDDEN, dtype=self.dtype, name='fc')(
         h.reshape(h.shape[0], -1))
@@ -86,7 +94,8 @@ def model_from_variables(variables: Mapping[str, Any]) -> PreservationNet:
     raise ValueError('not PreservationNet variables: expected params/conv0 '
                      f'and params/head (top-level keys {sorted(variables)})'
                      ) from e
-  return PreservationNet(num_outputs=num_outputs, width=width)
+  return PreservationNet(num_outputs=num_outputs, width=width,
+                         norm='norm0' in p)
 
 
 def features(variables: Mapping[str, Any], x) -> list[jax.Array]:
