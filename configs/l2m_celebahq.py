@@ -92,6 +92,7 @@ def get_config(arg: str = '', container=None):
   c.weight_decay = 1e-4  # coupled L2 added to the gradient before Adam (original 1e-4)
   c.ema_beta = 0.999  # EMA decay of G and E after every G step (original 0.999)
   c.r1_every = 1  # apply R1 every N D steps (lazy R1, scaled by N); 1 = the original every step
+  # (N > 1 selects with lax.cond: 2x slower steps on the CPU, docs/training.md)
 
   # --- loss weights, original names (docs/method.md#l2m-losses) ---
   c.lambda_reg = 1.0  # R1 weight (original 1)
