@@ -121,6 +121,25 @@ def _to_float(u8: np.ndarray) -> np.ndarray:
   return ((u8.astype(np.float32) / 255.0) - 0.5) / 0.5
 
 
+_FACES: dict = {}  # (num, size, seed, split) -> generate_arrays output
+
+
+def _faces(config, split: str) -> dict:
+  """The demo's generated train or val faces, rendered once per process.
+
+  The landmark, preservation and metric stages all need the same arrays;
+  rendering 2000 faces takes a few seconds each time. Callers must not
+  modify the arrays.
+  """
+  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
+  d = config.demo
+  num = int(d.num_train if split == 'train' else d.num_val)
+  key = (num, int(config.img_size), int(d.data_seed), split)
+  if key not in _FACES:
+    _FACES[key] = sf.generate_arrays(*key)
+  return _FACES[key]
+
+
 def training_data_tag(config) -> str:
   """The provenance recorded in the EMA export (config.training_data)."""
   d = config.demo
@@ -196,8 +215,7 @@ def train_landmarks(config, workdir: str) -> dict:
     return {}
   config.landmark_checkpoint = str(path)
   cached = _cached_prior(path, landmarks.FORMAT, settings)
-  size = int(config.img_size)
-  val = sf.generate_arrays(int(d.num_val), size, int(d.data_seed), 'val')
+  val = _faces(config, 'val')
   val_pts = sf.landmark_arrays(val['identity'], val['smiling'])
   if cached is not None:
     variables, meta = cached
@@ -205,8 +223,7 @@ def train_landmarks(config, workdir: str) -> dict:
   else:
     _say(f'2/{NUM_STAGES} landmarks: training the landmark network '
          f'({d.landmark_steps} steps; compiling first)')
-    train = sf.generate_arrays(int(d.num_train), size, int(d.data_seed),
-                               'train')
+    train = _faces(config, 'train')
     pts = sf.landmark_arrays(train['identity'], train['smiling'])
     variables, meta = face_priors.train_landmark_net(
         train['image'], pts, steps=int(d.landmark_steps),
@@ -248,8 +265,7 @@ def train_preservation(config, workdir: str) -> dict:
          f'faces and their counterfactuals ({d.preservation_steps} steps; '
          'compiling first)')
     size = int(config.img_size)
-    train = sf.generate_arrays(int(d.num_train), size, int(d.data_seed),
-                               'train')
+    train = _faces(config, 'train')
     cf = sf.generate_counterfactuals(int(d.num_train), size,
                                      int(d.data_seed), 'train', d.attribute)
     variables, meta = face_priors.train_preservation_net(
@@ -309,8 +325,7 @@ def train_metric_models(config, work: pathlib.Path, val: dict):
   from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
   from l2m_jax.evaluation import editing_metrics as em  # pylint: disable=g-import-not-at-top
   d = config.demo
-  size = int(config.img_size)
-  train = sf.generate_arrays(int(d.num_train), size, int(d.data_seed), 'train')
+  train = _faces(config, 'train')
   labels = np.stack([train[a] for a in sf.ATTRIBUTES], axis=1)
   val_labels = np.stack([val[a] for a in sf.ATTRIBUTES], axis=1)
   quiet = not _verbose()
@@ -466,7 +481,7 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
   _say(f'5/{NUM_STAGES} evaluation: editing {d.num_val} validation faces '
        f'at degrees {list(degrees)} (compiling the edit first)')
   t = time.time()
-  val = sf.generate_arrays(int(d.num_val), size, int(d.data_seed), 'val')
+  val = _faces(config, 'val')
   x = _to_float(val['image'])
   y = val[d.attribute].astype(np.int32)
   sweep_u8 = edit_val_faces(variables, mc, x, y, degrees,
@@ -636,7 +651,12 @@ def _verbose() -> bool:
 
 
 def run_demo(config, workdir: str) -> dict:
-  """Runs the whole demo; returns the metrics dict (also written to JSON)."""
+  """Runs the whole demo; returns the metrics dict (also written to JSON).
+
+  A training run stopped by SIGTERM (or a preemption notice) after writing
+  its checkpoint ends the demo there, with a line saying how to continue,
+  and returns {'stopped_at_step', 'total_iters'}; nothing is evaluated.
+  """
   from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
   from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
 
@@ -665,9 +685,18 @@ def run_demo(config, workdir: str) -> dict:
        f'{config.batch_size}; compiling the training step first (a minute '
        f'or two on an idle 2-core CPU); TensorBoard: {work / "train"}')
   t = time.time()
-  train_l2m.train_and_evaluate(config, str(work / 'train'),
-                               hooks=(Progress('training', total),))
+  state = train_l2m.train_and_evaluate(config, str(work / 'train'),
+                                       hooks=(Progress('training', total),))
   timings['train_s'] = time.time() - t
+  reached = int(np.asarray(jax.device_get(state.step)))
+  if reached < total:
+    # SIGTERM or a preemption notice: the checkpoint is written; the
+    # evaluation needs the finished model (exit 0, as l2m_jax.main).
+    _say(f'    training stopped at step {reached}/{total} (SIGTERM or '
+         f'preemption) after {_fmt_s(timings["train_s"])}; checkpoint in '
+         f'{work / "train" / "checkpoints"}. Rerun the same command to '
+         'continue; the evaluation runs when training has finished.')
+    return {'stopped_at_step': reached, 'total_iters': total}
   _say(f'    training done in {_fmt_s(timings["train_s"])}')
   ckpt = work / 'train' / 'ema_export'
 

@@ -267,3 +267,61 @@ def test_demo_config_sizes():
   assert mc.base_dim == 32 and mc.img_size == 32
   with pytest.raises(ValueError, match='unknown argument'):
     demo_config.get_config('huge')
+
+
+def test_demo_stops_without_evaluating_after_a_preempted_training(
+    tmp_path, monkeypatch, capsys):
+  """Training stopped early (SIGTERM): no evaluation, a line on resuming."""
+  config = demo_config.get_config('quick')
+  monkeypatch.setattr(demo, 'generate_data', lambda c, w: {'counts': {}})
+  monkeypatch.setattr(demo, 'train_landmarks', lambda c, w: {})
+  monkeypatch.setattr(demo, 'train_preservation', lambda c, w: {})
+
+  class _State:
+    step = jax.numpy.asarray(1, jax.numpy.int32)
+
+  monkeypatch.setattr(train_l2m, 'train_and_evaluate',
+                      lambda c, w, hooks=(): _State())
+  def no_eval(*a, **k):
+    raise AssertionError('evaluated a model whose training did not finish')
+  monkeypatch.setattr(demo, 'evaluate', no_eval)
+  out = demo.run_demo(config, str(tmp_path))
+  assert out == {'stopped_at_step': 1, 'total_iters': config.total_iters}
+  log = capsys.readouterr().out
+  assert f'training stopped at step 1/{config.total_iters}' in log
+  assert 'Rerun the same command' in log
+  assert not (tmp_path / 'metrics.json').exists()
+
+
+@pytest.mark.slow  # two quick demos, 300 steps: 702 s beside the default suite
+def test_quick_demo_sigterm_then_rerun_finishes(tmp_path):
+  """SIGTERM during training: exit 0, checkpoint, rerun resumes and ends."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  args = [sys.executable, '-m', 'l2m_jax.demo', '--config=configs/demo.py:quick',
+          f'--workdir={tmp_path}', '--config.total_iters=300',
+          '--config.save_every=300', '--config.sample_every=300']
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  env.pop('XLA_FLAGS', None)
+  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if 'training: first step done' in line:
+      time.sleep(0.5)
+      proc.send_signal(signal.SIGTERM)
+      break
+  rest, _ = proc.communicate(timeout=600)
+  log = ''.join(lines) + rest
+  assert proc.returncode == 0, log[-3000:]
+  m = re.search(r'training stopped at step (\d+)/300', log)
+  assert m, log[-3000:]
+  assert 1 <= int(m.group(1)) < 300
+  assert not (tmp_path / 'metrics.json').exists()
+  assert (tmp_path / 'train' / 'checkpoints' / m.group(1)).is_dir()
+  log2 = _run_quick_demo(tmp_path, '--config.total_iters=300',
+                         '--config.save_every=300', '--config.sample_every=300')
+  assert 'reusing' in log2 and 'training done' in log2, log2[-3000:]
+  metrics = json.loads((tmp_path / 'metrics.json').read_text())
+  assert metrics['train_steps'] == 300
