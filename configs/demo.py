@@ -75,7 +75,7 @@ def get_config(arg: str = ''):
   c.demo.preservation_steps = 20 if quick else 600  # PreservationNet training steps (batch 32)
   c.demo.preservation_width = 8 if quick else 16  # PreservationNet first conv width
   c.demo.preservation_invariance = 1.0  # weight of its counterfactual feature agreement
-  c.demo.preservation_norm = False  # GroupNorm in it (True: blind to a global tint)
+  c.demo.preservation_norm = False  # GroupNorm in it (True: a global tint costs it little)
   c.demo.metric_steps = 30 if quick else 400  # classifier/regressor steps
   c.demo.metric_width = 8 if quick else 16  # their first conv width
   # `python3 -m l2m_jax.demo` on a CPU: JAX devices the host is split into

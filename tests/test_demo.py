@@ -13,8 +13,10 @@ import json
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -296,8 +298,6 @@ def test_demo_stops_without_evaluating_after_a_preempted_training(
 @pytest.mark.slow  # two quick demos, 300 steps: 702 s beside the default suite
 def test_quick_demo_sigterm_then_rerun_finishes(tmp_path):
   """SIGTERM during training: exit 0, checkpoint, rerun resumes and ends."""
-  import signal  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
   args = [sys.executable, '-m', 'l2m_jax.demo', '--config=configs/demo.py:quick',
           f'--workdir={tmp_path}', '--config.total_iters=300',
           '--config.save_every=300', '--config.sample_every=300']
