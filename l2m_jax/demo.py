@@ -128,15 +128,18 @@ def _faces(config, split: str) -> dict:
   """The demo's generated train or val faces, rendered once per process.
 
   The landmark, preservation and metric stages all need the same arrays;
-  rendering 2000 faces takes a few seconds each time. Callers must not
-  modify the arrays.
+  rendering 2000 faces takes a few seconds each time. The arrays are
+  read-only, so that no stage can change what the next one sees.
   """
   from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
   d = config.demo
   num = int(d.num_train if split == 'train' else d.num_val)
   key = (num, int(config.img_size), int(d.data_seed), split)
   if key not in _FACES:
-    _FACES[key] = sf.generate_arrays(*key)
+    arrays = sf.generate_arrays(*key)
+    for a in arrays.values():
+      a.setflags(write=False)
+    _FACES[key] = arrays
   return _FACES[key]
 
 
