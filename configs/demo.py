@@ -3,9 +3,9 @@
 Derives from configs/l2m_celebahq.py (the paper settings) and shrinks it to
 32-px generated faces and narrow networks. A whole demo (data, the two helper
 networks, 1200 GAN steps, metrics) takes 11 to 20 minutes on a quiet 2-core
-CPU, depending on the machine's state (docs/demo.md: 19 min 36 s for this
-configuration, 10 min 47 s for the same operations earlier the same day; the
-GAN is most of it, 1.3 to 2.3 steps/s over 2 CPU devices).
+CPU, depending on the machine's state (docs/demo.md: 10 min 47 s and 19 min
+36 s for the same operations per step on the same day; the GAN is most of
+it, 1.3 to 2.3 steps/s over 2 CPU devices).
 Run:
 
   python3 -m l2m_jax.demo --workdir=runs/demo
