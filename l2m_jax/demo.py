@@ -351,7 +351,7 @@ def train_metric_models(config, work: pathlib.Path, val: dict):
 
 def compute_metrics(config, val: dict, sweep: np.ndarray,
                     degrees: tuple[float, ...], exact: np.ndarray,
-                    classifier, regressor) -> tuple[dict, dict]:
+                    classifier, regressor) -> tuple[dict, dict, dict]:
   """The editing metrics of the sweep and their reference points (stage 5b).
 
   Args:
@@ -362,10 +362,13 @@ def compute_metrics(config, val: dict, sweep: np.ndarray,
     classifier, regressor: `(apply, params, meta)` of `train_metric_models`.
 
   Returns:
-    (results, references): `editing_metrics.evaluate_edits` of the sweep, and
-    what a perfect edit scores (the exact counterfactual, the same face
-    re-rendered with the attribute flipped) next to what losing the identity
-    scores (the identity distance between two different val faces).
+    (results, references, factors): `editing_metrics.evaluate_edits` of the
+    sweep; what a perfect edit scores (the exact counterfactual, the same
+    face re-rendered with the attribute flipped) next to what losing the
+    identity scores (the identity distance between two different val
+    faces); and the identity error per factor (`identity_factor_changes`:
+    {'names': the identity vector's names, 'degree=<a>' and
+    'exact_counterfactual': the mean |change| of each regressed factor}).
   """
   from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
   from l2m_jax.evaluation import editing_metrics as em  # pylint: disable=g-import-not-at-top
@@ -389,7 +392,13 @@ def compute_metrics(config, val: dict, sweep: np.ndarray,
       'pixel_change_outside': em.pixel_change_outside(x, exact, masks)}}
   references['different_faces_identity_error'] = float(np.mean(
       em.identity_distances(r_apply, r_params, x, np.roll(x, 1, axis=0))))
-  return results, references
+  per_factor = lambda imgs: [float(v) for v in em.identity_factor_changes(
+      r_apply, r_params, x, imgs)]
+  factors = {'names': list(sf.IDENTITY_NAMES),
+             **{f'degree={a:g}': per_factor(sweep[j])
+                for j, a in enumerate(degrees)},
+             'exact_counterfactual': per_factor(exact)}
+  return results, references, factors
 
 
 def grid_order(y: np.ndarray, num: int) -> np.ndarray:
@@ -499,7 +508,7 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
   t = time.time()
   exact_u8 = sf.generate_counterfactuals(int(d.num_val), size,
                                          int(d.data_seed), 'val', d.attribute)
-  results, references = compute_metrics(
+  results, references, factors = compute_metrics(
       config, val, _to_float(sweep_u8), degrees, _to_float(exact_u8),
       classifier, regressor)
   timings['metrics_s'] = time.time() - t
@@ -527,6 +536,7 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
       'regressor_heldout_l2': regressor[2]['val_l2'],
       'edits': results,
       'references': references,
+      'identity_factors': factors,
       **(extra or {}),
       'timings_s': timings,
       'device': str(jax.devices()[0].platform),
@@ -555,6 +565,7 @@ def summary_lines(metrics: dict, work: pathlib.Path) -> list[str]:
       f'[{f(ref["identity_error"])}]; reconstruction '
       f'{f(d1.get("identity_error_baseline"))} (ratio '
       f'{f(d1.get("identity_error_ratio"))})',
+      *_factor_summary(metrics),
       f'  FID                     {e["fid"].get("status")}',
       '  targets (docs/demo.md):  ' + '; '.join(
           f'{n} {op} {b:g}: {"met" if ok else "NOT met"}'
@@ -639,11 +650,48 @@ def report_markdown(runs) -> str:
   for name, value, op, bound, met in target_checks(m):
     lines.append(f'| {name} | {f3(value)} | {op} {bound:g} | '
                  f'{"yes" if met else "**no**"} |')
+  lines += _factor_lines(m)
   t = m['timings_s']
   lines += ['', 'Seconds per stage: ' + ', '.join(
       f'{k[:-2] if k.endswith("_s") else k} {v:.0f}' for k, v in t.items())
             + '.']
   return '\n'.join(lines) + '\n'
+
+
+def _factor_rise(m: dict):
+  """(names, per-factor identity error at degree 1 minus degree 0) or None."""
+  fac = m.get('identity_factors')  # absent from older metrics.json files
+  if not fac or 'degree=0' not in fac or 'degree=1' not in fac:
+    return None
+  return fac['names'], (np.asarray(fac['degree=1']) -
+                        np.asarray(fac['degree=0']))
+
+
+def _factor_summary(m: dict, num: int = 3) -> list[str]:
+  rise = _factor_rise(m)
+  if rise is None:
+    return []
+  names, r = rise
+  top = np.argsort(-r, kind='stable')[:num]
+  return ['  identity factors the edit disturbs most (vs reconstruction): ' +
+          ', '.join(f'{names[k]} {r[k]:+.3f}' for k in top)]
+
+
+def _factor_lines(m: dict, num: int = 6) -> list[str]:
+  """The identity factors whose error rises most from degree 0 to 1."""
+  if _factor_rise(m) is None:
+    return []
+  fac, rise = m['identity_factors'], _factor_rise(m)[1]
+  lines = ['', f'Identity error per factor (mean |change| of the regressed '
+           f'value, [0, 1] units), the {num} that rise most from the '
+           'reconstruction to the edit:', '',
+           '| factor | reconstruction | edit (d 1) | exact counterfactual |',
+           '| --- | --- | --- | --- |']
+  for k in np.argsort(-rise, kind='stable')[:num]:
+    lines.append(f'| {fac["names"][k]} | {fac["degree=0"][k]:.3f} | '
+                 f'{fac["degree=1"][k]:.3f} | '
+                 f'{fac["exact_counterfactual"][k]:.3f} |')
+  return lines
 
 
 def _verbose() -> bool:

@@ -95,6 +95,12 @@ def _check_outputs(work, config, metrics):
     if a != 0:
       np.testing.assert_allclose(m['identity_error_baseline'], base,
                                  rtol=1e-4)
+    # Per identity factor: mean |change| of each regressed value.
+    np.testing.assert_allclose(
+        on_disk['identity_factors'][f'degree={a:g}'],
+        np.abs(ident(_f(edits[j])) - id_src).mean(axis=0), rtol=1e-4,
+        atol=1e-6)
+  assert on_disk['identity_factors']['names'] == list(sf.IDENTITY_NAMES)
   # The exact counterfactual: the renderer with the attribute flipped.
   cf = saved['counterfactuals']
   ident0, attrs0 = sf.sample_face(config.demo.data_seed, 'val', 0)
@@ -189,6 +195,17 @@ def test_demo_stages_smoke(tmp_path, capsys):
   assert met['pixel change outside'] == (d1['pixel_change_outside'] <= 0.06)
   d0 = metrics['edits']['degree=0']['pixel_change_outside']
   assert met['reconstruction pixel change outside'] == (d0 <= 0.05)
+  # The factor whose identity error rises most from degree 0 to 1 heads
+  # the per-factor table and the summary line.
+  fac = metrics['identity_factors']
+  rise = [b - a for a, b in zip(fac['degree=0'], fac['degree=1'])]
+  k = max(range(len(rise)), key=lambda i: (rise[i], -i))
+  table = out[out.index('| factor |'):].splitlines()
+  assert table[2] == (f'| {fac["names"][k]} | {fac["degree=0"][k]:.3f} | '
+                      f'{fac["degree=1"][k]:.3f} | '
+                      f'{fac["exact_counterfactual"][k]:.3f} |')
+  assert any(f'most (vs reconstruction): {fac["names"][k]} {rise[k]:+.3f}'
+             in l for l in lines)
   assert report.main([f'x={tmp_path}', f'y={tmp_path / "metrics.json"}']) == 0
   rows = [l for l in capsys.readouterr().out.splitlines()
           if l.startswith(('| x ', '| y '))]

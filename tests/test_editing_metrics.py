@@ -74,6 +74,13 @@ def test_identity_error_against_numpy():
                         axis=1).mean()
   got = em.identity_error(f, jnp.asarray(w), a, b)['identity_error']
   assert got == pytest.approx(want, rel=1e-4)
+  # Per output: the mean absolute difference of each regressed value.
+  per = em.identity_factor_changes(f, jnp.asarray(w), a, b)
+  np.testing.assert_allclose(
+      per, np.abs(a.reshape(6, -1) @ w - b.reshape(6, -1) @ w).mean(axis=0),
+      rtol=1e-4)
+  with pytest.raises(ValueError, match='5 edited'):
+    em.identity_factor_changes(f, jnp.asarray(w), a, b[:5])
 
 
 def test_trained_classifier_and_regressor_roundtrip(tmp_path):

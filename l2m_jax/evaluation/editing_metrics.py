@@ -169,6 +169,21 @@ def identity_error(apply_fn: ApplyFn, params: Any, sources, edited,
   return out
 
 
+def identity_factor_changes(apply_fn: ApplyFn, params: Any, sources, edited,
+                            batch_size: int = 256) -> np.ndarray:
+  """Mean |regressed source - regressed edit| per identity output [D].
+
+  `identity_error` averages the L2 norm of this difference over images; the
+  per-output means say which identity factors an edit disturbs (e.g. for
+  generated faces, `synthetic_faces.IDENTITY_NAMES`: hair shade, skin tone).
+  """
+  if len(sources) != len(edited):
+    raise ValueError(f'{len(sources)} sources but {len(edited)} edited images')
+  a = predict(apply_fn, params, sources, batch_size).reshape(len(sources), -1)
+  b = predict(apply_fn, params, edited, batch_size).reshape(len(edited), -1)
+  return np.abs(a - b).mean(axis=0)
+
+
 def pixel_change_outside(sources, edited, region_masks) -> float:
   """Mean |edited - source| over pixels outside the attribute's region.
 
