@@ -679,9 +679,10 @@ def _factor_summary(m: dict, num: int = 3) -> list[str]:
 
 def _factor_lines(m: dict, num: int = 6) -> list[str]:
   """The identity factors whose error rises most from degree 0 to 1."""
-  if _factor_rise(m) is None:
+  r = _factor_rise(m)
+  if r is None:
     return []
-  fac, rise = m['identity_factors'], _factor_rise(m)[1]
+  fac, rise = m['identity_factors'], r[1]
   lines = ['', f'Identity error per factor (mean |change| of the regressed '
            f'value, [0, 1] units), the {num} that rise most from the '
            'reconstruction to the edit:', '',

@@ -137,11 +137,18 @@ def attribute_accuracy(apply_fn: ApplyFn, params: Any, images,
 def identity_distances(apply_fn: ApplyFn, params: Any, sources, edited,
                        batch_size: int = 256) -> np.ndarray:
   """Per-image L2 distance between regressed identity vectors [N]."""
+  a, b = _regressed_pairs(apply_fn, params, sources, edited, batch_size)
+  return np.linalg.norm(a - b, axis=1)
+
+
+def _regressed_pairs(apply_fn: ApplyFn, params: Any, sources, edited,
+                     batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Regressed vectors [N, D] of the sources and of the edited images."""
   if len(sources) != len(edited):
     raise ValueError(f'{len(sources)} sources but {len(edited)} edited images')
   a = predict(apply_fn, params, sources, batch_size).reshape(len(sources), -1)
   b = predict(apply_fn, params, edited, batch_size).reshape(len(edited), -1)
-  return np.linalg.norm(a - b, axis=1)
+  return a, b
 
 
 def identity_error(apply_fn: ApplyFn, params: Any, sources, edited,
@@ -177,10 +184,7 @@ def identity_factor_changes(apply_fn: ApplyFn, params: Any, sources, edited,
   per-output means say which identity factors an edit disturbs (e.g. for
   generated faces, `synthetic_faces.IDENTITY_NAMES`: hair shade, skin tone).
   """
-  if len(sources) != len(edited):
-    raise ValueError(f'{len(sources)} sources but {len(edited)} edited images')
-  a = predict(apply_fn, params, sources, batch_size).reshape(len(sources), -1)
-  b = predict(apply_fn, params, edited, batch_size).reshape(len(edited), -1)
+  a, b = _regressed_pairs(apply_fn, params, sources, edited, batch_size)
   return np.abs(a - b).mean(axis=0)
 
 
