@@ -321,17 +321,24 @@ def train_step(state: L2MTrainState, batch: Mapping[str, jax.Array],
     return editing.edit_core(gen, enc, {'params': g_params},
                              {'params': e_params}, img, y, y_trg, masks)
 
+  # The edit x_fake = G(x, s_hat, M) with the current G and E is the same
+  # for both updates (the original recomputes it): its forward pass runs once
+  # here, and `edit_vjp` carries the G loss's gradient back through it.
+  ge_params = (state.generator.params, state.style_encoder.params)
+  edit_out, edit_vjp = jax.vjp(lambda ge: edit(ge[0], ge[1], x), ge_params)
+
   # ---- discriminator ----
-  x_fake_d = edit(state.generator.params, state.style_encoder.params, x)[0]
   d_grads, d_metrics = discriminator_grads(
       state.discriminator.params, state.step, x, y,
-      jax.lax.stop_gradient(x_fake_d), y_trg, disc=disc, config=config)
+      jax.lax.stop_gradient(edit_out[0]), y_trg, disc=disc, config=config)
   discriminator = state.discriminator.apply_gradients(grads=_pmean(d_grads))
 
   # ---- generator + style encoder (with decomposer and transformers) ----
-  def g_loss_fn(ge_params):
+  def g_loss_fn(ge_params, edit_out):
+    # The loss given the edit's outputs; the parameters enter it directly
+    # through E(x_fake) and the cycle G(x_fake).
     g_params, e_params = ge_params
-    x_fake, codes, s_hat = edit(g_params, e_params, x)
+    x_fake, codes, s_hat = edit_out
     adv = losses.g_adversarial_loss(
         disc.apply({'params': discriminator.params}, x_fake, y_trg))
     s_pred = enc.apply({'params': e_params}, x_fake, y_trg, y_trg)[0]
@@ -359,9 +366,10 @@ def train_step(state: L2MTrainState, batch: Mapping[str, jax.Array],
     metrics['g_loss'] = total
     return total, metrics
 
-  (_, g_metrics), (g_grads, e_grads) = jax.value_and_grad(
-      g_loss_fn, has_aux=True)((state.generator.params,
-                                state.style_encoder.params))
+  (_, g_metrics), (direct, d_edit_out) = jax.value_and_grad(
+      g_loss_fn, argnums=(0, 1), has_aux=True)(ge_params, edit_out)
+  via_edit, = edit_vjp(d_edit_out)
+  g_grads, e_grads = jax.tree.map(jnp.add, direct, via_edit)
   generator = state.generator.apply_gradients(grads=_pmean(g_grads))
   style_encoder = state.style_encoder.apply_gradients(grads=_pmean(e_grads))
   step_size = 1.0 - float(config.ema_beta)
