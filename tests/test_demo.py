@@ -109,6 +109,11 @@ def _check_outputs(work, config, metrics):
   ref = on_disk['references']['exact_counterfactual']
   np.testing.assert_allclose(ref['pixel_change_outside'], pix(cf),
                              rtol=1e-5, atol=1e-7)
+  # The edit's identity error against the counterfactual, not the source.
+  np.testing.assert_allclose(
+      on_disk['references']['edit_identity_error_vs_counterfactual'],
+      np.mean(np.linalg.norm(ident(_f(edits[list(degrees).index(1.0)])) -
+                             ident(_f(cf)), axis=1)), rtol=1e-4)
   assert pix(cf) < 0.02  # only the region changes (up to anti-aliasing)
   assert edits[:, :, :, :, :].std() > 0
   assert on_disk['edits']['fid']['status'] == 'skipped'  # no Inception here
@@ -206,6 +211,12 @@ def test_demo_stages_smoke(tmp_path, capsys):
                       f'{fac["exact_counterfactual"][k]:.3f} |')
   assert any(f'most (vs reconstruction): {fac["names"][k]} {rise[k]:+.3f}'
              in l for l in lines)
+  # The edit against the counterfactual, over the reconstruction's error.
+  v = metrics['references']['edit_identity_error_vs_counterfactual']
+  vs_cf = f'{v:.3f} ({v / d1["identity_error_baseline"]:.3f}x'
+  assert any(f'against the exact counterfactual {vs_cf}' in l for l in lines)
+  assert (f'instead of the source: {v:.3f}, '
+          f'{v / d1["identity_error_baseline"]:.3f}x') in out
   assert report.main([f'x={tmp_path}', f'y={tmp_path / "metrics.json"}']) == 0
   rows = [l for l in capsys.readouterr().out.splitlines()
           if l.startswith(('| x ', '| y '))]
