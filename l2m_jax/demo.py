@@ -402,6 +402,11 @@ def compute_metrics(config, val: dict, sweep: np.ndarray,
     references['edit_identity_error_vs_counterfactual'] = float(np.mean(
         em.identity_distances(r_apply, r_params, exact,
                               sweep[list(degrees).index(1.0)])))
+    if 0.0 in degrees:
+      references['by_source_domain'] = _by_source_domain(
+          (r_apply, r_params), x, y, sf.DOMAINS[d.attribute],
+          recon=sweep[list(degrees).index(0.0)],
+          edit=sweep[list(degrees).index(1.0)], exact=exact)
   per_factor = lambda imgs: [float(v) for v in em.identity_factor_changes(
       r_apply, r_params, x, imgs)]
   factors = {'names': list(sf.IDENTITY_NAMES),
@@ -409,6 +414,36 @@ def compute_metrics(config, val: dict, sweep: np.ndarray,
                 for j, a in enumerate(degrees)},
              'exact_counterfactual': per_factor(exact)}
   return results, references, factors
+
+
+def _by_source_domain(regressor, x, y, domains, *, recon, edit,
+                      exact) -> dict[str, dict[str, float]]:
+  """The identity figures of each edit direction, by the source's domain.
+
+  Returns:
+    {source domain name: {'num_faces', 'reconstruction_identity_error',
+    'edit_identity_error', 'identity_error_ratio' (edit / reconstruction),
+    'edit_identity_error_vs_counterfactual' and
+    'vs_counterfactual_ratio' (that / reconstruction)}}, the means over
+    the val faces of that domain (the two directions of the edit).
+  """
+  from l2m_jax.evaluation import editing_metrics as em  # pylint: disable=g-import-not-at-top
+  r_apply, r_params = regressor
+  dist = lambda a, b: em.identity_distances(r_apply, r_params, a, b)
+  rec, ed, cf = dist(x, recon), dist(x, edit), dist(exact, edit)
+  out = {}
+  for label, name in enumerate(domains):
+    m = y == label
+    if not m.any():
+      continue
+    r, e, c = (float(np.mean(v[m])) for v in (rec, ed, cf))
+    out[name] = {'num_faces': int(m.sum()),
+                 'reconstruction_identity_error': r,
+                 'edit_identity_error': e,
+                 'identity_error_ratio': e / r,
+                 'edit_identity_error_vs_counterfactual': c,
+                 'vs_counterfactual_ratio': c / r}
+  return out
 
 
 def grid_order(y: np.ndarray, num: int) -> np.ndarray:
@@ -576,6 +611,7 @@ def summary_lines(metrics: dict, work: pathlib.Path) -> list[str]:
       f'{f(d1.get("identity_error_baseline"))} (ratio '
       f'{f(d1.get("identity_error_ratio"))})',
       *_vs_counterfactual_summary(metrics),
+      *_direction_summary(metrics),
       *_factor_summary(metrics),
       f'  FID                     {e["fid"].get("status")}',
       '  targets (docs/demo.md):  ' + '; '.join(
@@ -662,6 +698,7 @@ def report_markdown(runs) -> str:
     lines += ['', f'Identity error of the edit (d 1) measured against the '
               f'exact counterfactual instead of the source: {f3(vs_cf[0])}, '
               f'{f3(vs_cf[1])}x the reconstruction\'s.']
+  lines += _direction_lines(m)
   lines += ['', '| target | value | bound | met |', '| --- | --- | --- | --- |']
   for name, value, op, bound, met in target_checks(m):
     lines.append(f'| {name} | {f3(value)} | {op} {bound:g} | '
@@ -681,6 +718,36 @@ def _vs_counterfactual(m: dict):
   if v is None or not base:  # older metrics.json files lack it
     return None
   return v, v / base
+
+
+def _direction_lines(m: dict) -> list[str]:
+  """The identity figures per edit direction (by the source's domain)."""
+  by = m['references'].get('by_source_domain')
+  if not by:  # older metrics.json files lack it
+    return []
+  other = {a: b for a, b in zip(m['domains'], m['domains'][::-1])}
+  lines = ['', 'Per edit direction (identity error of the val faces of one '
+           'source domain):', '',
+           '| direction | faces | reconstruction | edit (d 1) | / '
+           'reconstruction | edit vs counterfactual | / reconstruction |',
+           '| --- | --- | --- | --- | --- | --- | --- |']
+  for name, r in by.items():
+    lines.append(
+        f'| {name} -> {other.get(name, "?")} | {r["num_faces"]} | '
+        f'{r["reconstruction_identity_error"]:.3f} | '
+        f'{r["edit_identity_error"]:.3f} | {r["identity_error_ratio"]:.3f} | '
+        f'{r["edit_identity_error_vs_counterfactual"]:.3f} | '
+        f'{r["vs_counterfactual_ratio"]:.3f} |')
+  return lines
+
+
+def _direction_summary(m: dict) -> list[str]:
+  by = m['references'].get('by_source_domain')
+  if not by:
+    return []
+  return ['  identity ratio per source domain: ' + '; '.join(
+      f'{name} {r["identity_error_ratio"]:.3f} (vs counterfactual '
+      f'{r["vs_counterfactual_ratio"]:.3f})' for name, r in by.items())]
 
 
 def _vs_counterfactual_summary(m: dict) -> list[str]:

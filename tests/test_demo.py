@@ -114,6 +114,25 @@ def _check_outputs(work, config, metrics):
       on_disk['references']['edit_identity_error_vs_counterfactual'],
       np.mean(np.linalg.norm(ident(_f(edits[list(degrees).index(1.0)])) -
                              ident(_f(cf)), axis=1)), rtol=1e-4)
+  # The same figures per edit direction: the faces of one source domain.
+  dist = lambda a, b: np.linalg.norm(ident(_f(a)) - ident(b), axis=1)
+  rec_d = dist(edits[list(degrees).index(0.0)], x)
+  ed_d = dist(edits[list(degrees).index(1.0)], x)
+  cf_d = dist(edits[list(degrees).index(1.0)], _f(cf))
+  by = on_disk['references']['by_source_domain']
+  assert list(by) == [n for k, n in enumerate(sf.DOMAINS[attr])
+                      if (y == k).any()]
+  for k, name in enumerate(sf.DOMAINS[attr]):
+    if name not in by:
+      continue
+    m, r = y == k, by[name]
+    assert r['num_faces'] == int(m.sum())
+    np.testing.assert_allclose(
+        [r['reconstruction_identity_error'], r['edit_identity_error'],
+         r['identity_error_ratio'], r['edit_identity_error_vs_counterfactual'],
+         r['vs_counterfactual_ratio']],
+        [rec_d[m].mean(), ed_d[m].mean(), ed_d[m].mean() / rec_d[m].mean(),
+         cf_d[m].mean(), cf_d[m].mean() / rec_d[m].mean()], rtol=1e-4)
   assert pix(cf) < 0.02  # only the region changes (up to anti-aliasing)
   assert edits[:, :, :, :, :].std() > 0
   assert on_disk['edits']['fid']['status'] == 'skipped'  # no Inception here
@@ -217,6 +236,12 @@ def test_demo_stages_smoke(tmp_path, capsys):
   assert any(f'against the exact counterfactual {vs_cf}' in l for l in lines)
   assert (f'instead of the source: {v:.3f}, '
           f'{v / d1["identity_error_baseline"]:.3f}x') in out
+  for name, r in metrics['references']['by_source_domain'].items():
+    assert (f'| {r["num_faces"]} | {r["reconstruction_identity_error"]:.3f} '
+            f'| {r["edit_identity_error"]:.3f} | '
+            f'{r["identity_error_ratio"]:.3f} |') in out
+    assert any(f'{name} {r["identity_error_ratio"]:.3f} (vs counterfactual '
+               f'{r["vs_counterfactual_ratio"]:.3f})' in l for l in lines)
   assert report.main([f'x={tmp_path}', f'y={tmp_path / "metrics.json"}']) == 0
   rows = [l for l in capsys.readouterr().out.splitlines()
           if l.startswith(('| x ', '| y '))]
