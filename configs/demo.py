@@ -41,6 +41,7 @@ def get_config(arg: str = ''):
   c.base_dim = 8 if quick else 32  # first-conv width of G, E, D (original 2**14 // 32 = 512)
   c.max_conv_dim = 16 if quick else 128  # channel cap (original 512)
   c.w_hpf = 1.0  # masked high-pass skips on (original 1)
+  c.orthogonality = 'inner'  # |<s_r, s_u>| per face, the paper's orthogonality (the runnable reference: elementwise)
   c.landmark_checkpoint = ''  # set by the demo: LandmarkNet trained on the faces (original: FAN wing.ckpt)
   c.preservation = 'synthetic_faces'  # PreservationNet trained on the faces (original ImageNet resnet18)
   c.preservation_checkpoint = ''  # set by the demo to <workdir>/priors/preservation
