@@ -399,14 +399,16 @@ def compute_metrics(config, val: dict, sweep: np.ndarray,
     # The edit against the exact counterfactual rather than the source: the
     # regressor reads the attribute alike on both, so what remains is what
     # the edit itself loses.
-    references['edit_identity_error_vs_counterfactual'] = float(np.mean(
-        em.identity_distances(r_apply, r_params, exact,
-                              sweep[list(degrees).index(1.0)])))
+    edit = sweep[list(degrees).index(1.0)]
+    vs_cf = em.identity_distances(r_apply, r_params, exact, edit)
+    references['edit_identity_error_vs_counterfactual'] = float(
+        np.mean(vs_cf))
     if 0.0 in degrees:
+      dist = lambda a: em.identity_distances(r_apply, r_params, x, a)
       references['by_source_domain'] = _by_source_domain(
-          (r_apply, r_params), x, y, sf.DOMAINS[d.attribute],
-          recon=sweep[list(degrees).index(0.0)],
-          edit=sweep[list(degrees).index(1.0)], exact=exact)
+          y, sf.DOMAINS[d.attribute],
+          recon=dist(sweep[list(degrees).index(0.0)]), edit=dist(edit),
+          vs_counterfactual=vs_cf)
   per_factor = lambda imgs: [float(v) for v in em.identity_factor_changes(
       r_apply, r_params, x, imgs)]
   factors = {'names': list(sf.IDENTITY_NAMES),
@@ -416,9 +418,15 @@ def compute_metrics(config, val: dict, sweep: np.ndarray,
   return results, references, factors
 
 
-def _by_source_domain(regressor, x, y, domains, *, recon, edit,
-                      exact) -> dict[str, dict[str, float]]:
+def _by_source_domain(y, domains, *, recon, edit, vs_counterfactual
+                      ) -> dict[str, dict[str, float]]:
   """The identity figures of each edit direction, by the source's domain.
+
+  Args:
+    y: [N] source labels; `domains`: their names.
+    recon, edit, vs_counterfactual: [N] per-face identity distances of the
+      reconstruction and of the edit to the source, and of the edit to the
+      exact counterfactual.
 
   Returns:
     {source domain name: {'num_faces', 'reconstruction_identity_error',
@@ -427,16 +435,12 @@ def _by_source_domain(regressor, x, y, domains, *, recon, edit,
     'vs_counterfactual_ratio' (that / reconstruction)}}, the means over
     the val faces of that domain (the two directions of the edit).
   """
-  from l2m_jax.evaluation import editing_metrics as em  # pylint: disable=g-import-not-at-top
-  r_apply, r_params = regressor
-  dist = lambda a, b: em.identity_distances(r_apply, r_params, a, b)
-  rec, ed, cf = dist(x, recon), dist(x, edit), dist(exact, edit)
   out = {}
   for label, name in enumerate(domains):
     m = y == label
     if not m.any():
       continue
-    r, e, c = (float(np.mean(v[m])) for v in (rec, ed, cf))
+    r, e, c = (float(np.mean(v[m])) for v in (recon, edit, vs_counterfactual))
     out[name] = {'num_faces': int(m.sum()),
                  'reconstruction_identity_error': r,
                  'edit_identity_error': e,
