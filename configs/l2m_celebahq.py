@@ -102,6 +102,7 @@ def get_config(arg: str = '', container=None):
   c.lambda_id = 1.0  # preservation weight (original --lambda_id 1; unofficial lambda_per 2)
   c.orthogonality = 'elementwise'  # 'elementwise' mean|a*b| (runnable reference) or 'inner' |<a,b>|
   c.preservation = 'resnet18'  # 'resnet18' L1 of ResNet-18 features, 'synthetic_faces' (PreservationNet) or 'none' (ArcFace not available)
+  c.preservation_compare = 'features'  # PreservationNet layers compared: 'features', 'outputs' (its head) or 'features+outputs'
 
   # --- parallelism ---
   c.parallel = 'shard_map'  # 'shard_map' (jit + shard_map) or 'pmap'

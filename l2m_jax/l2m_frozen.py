@@ -53,6 +53,8 @@ def load_frozen(config: ml_collections.ConfigDict, rng: jax.Array
   if config.preservation not in ('resnet18', 'none', 'synthetic_faces'):
     raise ValueError(f"preservation={config.preservation!r}: expected "
                      "'resnet18', 'synthetic_faces' or 'none'")
+  preservation_lib.check_compare(config.get('preservation_compare',
+                                            'features'))
   if (config.preservation == 'synthetic_faces' and
       float(config.lambda_id) > 0):
     from l2m_jax import face_priors  # pylint: disable=g-import-not-at-top

@@ -359,8 +359,9 @@ def train_step(state: L2MTrainState, batch: Mapping[str, jax.Array],
       total = total + float(config.lambda_id) * ident
       metrics['g_loss_id'] = ident
     elif 'preservation' in frozen:
-      ident = preservation_lib.preservation_loss(frozen['preservation'], x,
-                                                 x_fake)
+      ident = preservation_lib.preservation_loss(
+          frozen['preservation'], x, x_fake,
+          config.get('preservation_compare', 'features'))
       total = total + float(config.lambda_id) * ident
       metrics['g_loss_id'] = ident
     metrics['g_loss'] = total

@@ -39,10 +39,12 @@ def _torch_features(variables, x_nhwc):
       h = norm(h)
     h = torch.nn.functional.leaky_relu(h, 0.2)
     feats.append(h.permute(0, 2, 3, 1))  # NHWC, as Flax flattens
-  fc = p['fc']
+  fc, head = p['fc'], p['head']
   feats.append(feats[-1].reshape(h.shape[0], -1) @ fc['kernel'] + fc['bias'])
+  out = (torch.nn.functional.leaky_relu(feats[-1], 0.2) @ head['kernel'] +
+         head['bias'])
   torch.set_grad_enabled(True)
-  return [f.numpy() for f in feats]
+  return [f.numpy() for f in feats], out.numpy()
 
 
 @pytest.fixture(scope='module', params=[False, True], ids=['plain', 'norm'])
@@ -66,16 +68,34 @@ def test_features_and_loss_match_torch(net):
   x = rng.uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)
   x_hat = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1).astype(np.float32)
   got = preservation.features(net, x)
-  want = _torch_features(net, x)
+  want, want_out = _torch_features(net, x)
   assert [g.shape for g in got] == [(3, 16, 16, 8), (3, 8, 8, 16),
                                     (3, 4, 4, 32), (3, 2, 2, 32), (3, 64)]
   for g, w in zip(got, want):
     np.testing.assert_allclose(np.asarray(g), w, atol=1e-4, rtol=1e-4)
-  fa, fb = _torch_features(net, x), _torch_features(net, x_hat)
-  want_loss = np.mean([np.mean(np.abs(a - b)) for a, b in zip(fa, fb)])
-  got_loss = float(jax.jit(preservation.preservation_loss)(net, x, x_hat))
-  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-4)
-  assert float(preservation.preservation_loss(net, x, x)) == 0.0
+  np.testing.assert_allclose(np.asarray(model_out(net, x)), want_out,
+                             atol=1e-4, rtol=1e-4)
+  (fa, oa), (fb, ob) = _torch_features(net, x), _torch_features(net, x_hat)
+  layers = {'features': (fa, fb), 'outputs': ([oa], [ob]),
+            'features+outputs': (fa + [oa], fb + [ob])}
+  assert set(layers) == set(preservation.COMPARE)
+  for compare, (la, lb) in layers.items():
+    want_loss = np.mean([np.mean(np.abs(a - b)) for a, b in zip(la, lb)])
+    got_loss = float(jax.jit(preservation.preservation_loss,
+                             static_argnums=3)(net, x, x_hat, compare))
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-4,
+                               err_msg=compare)
+    assert float(preservation.preservation_loss(net, x, x, compare)) == 0.0
+  # The default compares the feature maps only.
+  np.testing.assert_allclose(
+      float(preservation.preservation_loss(net, x, x_hat)),
+      np.mean([np.mean(np.abs(a - b)) for a, b in zip(fa, fb)]), rtol=1e-4)
+  with pytest.raises(ValueError, match="compare='logits'"):
+    preservation.preservation_loss(net, x, x_hat, 'logits')
+
+
+def model_out(variables, x):
+  return preservation.model_from_variables(variables).apply(variables, x)
 
 
 def test_loss_gradient_flows_into_the_edit_only(net):

@@ -144,6 +144,10 @@ def test_frozen_networks_random_with_loud_warning(monkeypatch):
   config.preservation = 'arcface'
   with pytest.raises(ValueError, match='preservation='):
     l2m_frozen.load_frozen(config, jax.random.key(0))
+  config.preservation = 'synthetic_faces'
+  config.preservation_compare = 'logits'
+  with pytest.raises(ValueError, match="preservation_compare='logits'"):
+    l2m_frozen.load_frozen(config, jax.random.key(0))
 
 
 def test_train_and_evaluate_end_to_end(tiny_run):

@@ -10,9 +10,12 @@ except the edited attribute (the identity vector and the two other binary
 attributes), and its features are trained to agree between a face and the
 same face rendered with the attribute flipped (`l2m_jax.face_priors`).
 
-`preservation_loss(variables, x, x_hat)` is the mean over the feature layers
-of the mean absolute feature difference, so each layer counts the same
-whatever its size.
+`preservation_loss(variables, x, x_hat, compare)` is the mean over the
+compared layers of the mean absolute difference, so each layer counts the
+same whatever its size. `compare` picks the layers: 'features' (the four conv
+maps and the dense layer), 'outputs' (the head's regressed values, as the
+runnable reference compares ResNet-18's logits and an ArcFace loss compares
+embeddings) or 'features+outputs' (all six).
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ class PreservationNet(nn.Module):
 
   Call: x [N, S, S, 3] in [-1, 1] -> outputs [N, num_outputs], or with
   `features=True` the list of the five feature maps (four conv outputs and
-  the dense layer), which the preservation loss compares.
+  the dense layer), which the preservation loss compares, followed by the
+  outputs when `with_outputs` is also set.
 
   `norm=False` (the default) has no normalisation layers, so the features
   see a global colour shift of the input as the paper's ResNet-18 does (its
@@ -69,7 +73,7 @@ class PreservationNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, features: bool = False):
+  def __call__(self, x, features: bool = False, with_outputs: bool = False):
     feats = strided_conv_stages(
         jnp.asarray(x, jnp.float32).astype(self.dtype), self.width,
         lambda y: nn.leaky_relu(y, 0.2), self.dtype, norm=self.norm)
@@ -77,10 +81,12 @@ class PreservationNet(nn.Module):
     h = nn.Dense(HIDDEN, dtype=self.dtype, name='fc')(
         h.reshape(h.shape[0], -1))
     feats.append(h)
-    if features:
+    if features and not with_outputs:
       return [f.astype(jnp.float32) for f in feats]
     out = nn.Dense(self.num_outputs, dtype=self.dtype, name='head')(
         nn.leaky_relu(h, 0.2))
+    if features:
+      return [f.astype(jnp.float32) for f in feats + [out]]
     return out.astype(jnp.float32)
 
 
@@ -103,15 +109,35 @@ def features(variables: Mapping[str, Any], x) -> list[jax.Array]:
   return model_from_variables(variables).apply(variables, x, features=True)
 
 
-def preservation_loss(variables: Mapping[str, Any], x, x_hat) -> jax.Array:
+COMPARE = ('features', 'outputs', 'features+outputs')
+
+
+def check_compare(compare: str, field: str = 'preservation_compare') -> None:
+  """Raises ValueError naming `field` unless `compare` is in COMPARE."""
+  if compare not in COMPARE:
+    raise ValueError(f'{field}={compare!r}: expected one of '
+                     + ', '.join(repr(c) for c in COMPARE))
+
+
+def preservation_loss(variables: Mapping[str, Any], x, x_hat,
+                      compare: str = 'features') -> jax.Array:
   """Mean over layers of mean |F_l(x) - F_l(x_hat)|; the network is frozen.
 
   Args:
     variables: PreservationNet variables (gradients are stopped).
     x: source images [N, S, S, 3] in [-1, 1].
     x_hat: edited images, same shape; the gradient flows into them.
+    compare: the layers F_l (COMPARE): 'features' (the five feature maps),
+      'outputs' (the head) or 'features+outputs'.
   """
+  check_compare(compare, 'compare')
   variables = jax.lax.stop_gradient(variables)
-  both = features(variables, jnp.concatenate([x, x_hat], axis=0))
+  xx = jnp.concatenate([x, x_hat], axis=0)
+  model = model_from_variables(variables)
+  if compare == 'outputs':
+    both = [model.apply(variables, xx)]
+  else:
+    both = model.apply(variables, xx, features=True,
+                       with_outputs=compare == 'features+outputs')
   n = x.shape[0]
   return jnp.mean(jnp.stack([jnp.mean(jnp.abs(f[:n] - f[n:])) for f in both]))
