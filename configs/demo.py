@@ -79,8 +79,11 @@ def get_config(arg: str = ''):
   c.demo.preservation_width = 8 if quick else 16  # PreservationNet first conv width
   c.demo.preservation_invariance = 1.0  # weight of its counterfactual feature agreement
   c.demo.preservation_norm = False  # GroupNorm in it (True: a global tint costs it little)
-  c.demo.metric_steps = 30 if quick else 400  # classifier/regressor steps
+  c.demo.metric_steps = 30 if quick else 400  # attribute classifier steps (batch 64)
+  c.demo.regressor_steps = 30 if quick else 2000  # identity regressor steps (batch 64; its held-out error levels off by 2000)
+  c.demo.regressor_counterfactuals = True  # the regressor also learns each train face's counterfactual (same identity)
   c.demo.metric_width = 8 if quick else 16  # their first conv width
+  c.demo.metric_seed = -1  # their initialisation seed (-1: config.seed)
   # `python3 -m l2m_jax.demo` on a CPU: JAX devices the host is split into
   # (jax_num_cpu_devices), so each step runs data-parallel over 2 threads of
   # work (1.3x the steps/s of 1 device on 2 cores); fixed, not the core

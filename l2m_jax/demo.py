@@ -315,19 +315,69 @@ def edit_val_faces(variables, mc, x: np.ndarray, y: np.ndarray,
   return image_io.to_uint8(np.clip(edits, -1.0, 1.0))
 
 
+def metric_seed(config) -> int:
+  """The metric models' initialisation seed: demo.metric_seed, or the run's
+  seed (config.seed) when it is -1."""
+  s = config.demo.get('metric_seed', -1)
+  if not isinstance(s, int) or s < -1:
+    raise ValueError(f'config.demo.metric_seed={s!r}: expected an integer '
+                     '>= 0, or -1 for the run\'s seed (config.seed)')
+  return int(config.seed) if s == -1 else s
+
+
+def _check_metric_settings(config) -> None:
+  d = config.demo
+  for field in ('metric_steps', 'regressor_steps'):
+    v = d.get(field, 1)
+    if not isinstance(v, int) or v < 1:
+      raise ValueError(f'config.demo.{field}={v!r}: expected an integer >= 1 '
+                       '(training steps)')
+  v = d.get('regressor_counterfactuals', False)
+  if not isinstance(v, bool):
+    raise ValueError(f'config.demo.regressor_counterfactuals={v!r}: expected '
+                     'True or False')
+  metric_seed(config)
+
+
+def regressor_training_set(config) -> tuple[np.ndarray, np.ndarray]:
+  """The identity regressor's training images and identity targets.
+
+  The generated training faces and, with demo.regressor_counterfactuals,
+  each of them again rendered with the edited attribute flipped (the exact
+  counterfactual) under the same identity target, so that the regressor
+  learns to read the identity and not the attribute, as a face-recognition
+  network is trained on photos of one person with different hair.
+  """
+  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
+  d = config.demo
+  train = _faces(config, 'train')
+  if not d.get('regressor_counterfactuals', False):
+    return train['image'], train['identity']
+  cf = sf.generate_counterfactuals(int(d.num_train), int(config.img_size),
+                                   int(d.data_seed), 'train', d.attribute)
+  return (np.concatenate([train['image'], cf]),
+          np.concatenate([train['identity'], train['identity']]))
+
+
 def train_metric_models(config, work: pathlib.Path, val: dict):
   """Trains and saves the attribute classifier and identity regressor.
 
-  Both learn from the generated training faces (config.demo.num_train) and
-  are scored on the validation faces `val`; they are saved under
-  <work>/metric_models/.
+  Both learn from the generated training faces (config.demo.num_train; the
+  regressor also from their counterfactuals with
+  demo.regressor_counterfactuals, `regressor_training_set`) and are scored
+  on the validation faces `val`; they are saved under <work>/metric_models/.
+  The classifier trains for demo.metric_steps, the regressor for
+  demo.regressor_steps; both start from `metric_seed(config)`.
 
   Returns:
     ((c_apply, c_params, c_meta), (r_apply, r_params, r_meta)).
   """
   from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
   from l2m_jax.evaluation import editing_metrics as em  # pylint: disable=g-import-not-at-top
+  _check_metric_settings(config)
   d = config.demo
+  seed = metric_seed(config)
+  r_steps = int(d.get('regressor_steps', d.metric_steps))
   train = _faces(config, 'train')
   labels = np.stack([train[a] for a in sf.ATTRIBUTES], axis=1)
   val_labels = np.stack([val[a] for a in sf.ATTRIBUTES], axis=1)
@@ -335,14 +385,18 @@ def train_metric_models(config, work: pathlib.Path, val: dict):
   c_apply, c_params, c_meta = em.train_model(
       'classifier', train['image'], labels, val_images=val['image'],
       val_targets=val_labels, steps=int(d.metric_steps),
-      width=int(d.metric_width), seed=int(config.seed),
+      width=int(d.metric_width), seed=seed,
       names=sf.ATTRIBUTES, log_every=0 if quiet else int(d.metric_steps) // 4)
+  r_images, r_targets = regressor_training_set(config)
   r_apply, r_params, r_meta = em.train_model(
-      'regressor', train['image'], train['identity'], val_images=val['image'],
-      val_targets=val['identity'], steps=int(d.metric_steps),
-      width=int(d.metric_width), seed=int(config.seed),
-      names=sf.IDENTITY_NAMES,
-      log_every=0 if quiet else int(d.metric_steps) // 4)
+      'regressor', r_images, r_targets, val_images=val['image'],
+      val_targets=val['identity'], steps=r_steps,
+      width=int(d.metric_width), seed=seed,
+      names=sf.IDENTITY_NAMES, log_every=0 if quiet else r_steps // 4)
+  r_meta['training_set'] = {
+      'faces': int(d.num_train),
+      'counterfactuals': bool(d.get('regressor_counterfactuals', False)),
+      'steps': r_steps, 'seed': seed}
   em.save_model(work / 'metric_models' / 'classifier', c_params, c_meta)
   em.save_model(work / 'metric_models' / 'identity_regressor', r_params,
                 r_meta)
@@ -549,8 +603,11 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
                             config.val_batch_size)
   timings['edit_s'] = time.time() - t
 
-  _say(f'    training the attribute classifier and identity regressor '
-       f'({d.metric_steps} steps each) on the generated training faces')
+  cf_note = (' and their counterfactuals'
+             if d.get('regressor_counterfactuals', False) else '')
+  _say(f'    training the attribute classifier ({d.metric_steps} steps) and '
+       f'the identity regressor ({d.get("regressor_steps", d.metric_steps)} '
+       f'steps) on the generated training faces{cf_note}')
   t = time.time()
   classifier, regressor = train_metric_models(config, work, val)
   timings['metric_models_s'] = time.time() - t
@@ -583,6 +640,7 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
                                               classifier[2]['val_accuracy'])),
       'regressor_heldout_rmse': regressor[2]['val_rmse'],
       'regressor_heldout_l2': regressor[2]['val_l2'],
+      'regressor_training': regressor[2]['training_set'],
       'edits': results,
       'references': references,
       'identity_factors': factors,
@@ -818,6 +876,7 @@ def run_demo(config, workdir: str) -> dict:
 
   t_start = time.time()
   sf.check_attribute(config.demo.attribute, 'config.demo.attribute')
+  _check_metric_settings(config)  # before the long stages
   work = pathlib.Path(workdir).resolve()
   work.mkdir(parents=True, exist_ok=True)
   _say(f'workdir {work}; device {jax.devices()[0].platform} '

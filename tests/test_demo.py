@@ -158,10 +158,43 @@ def _check_outputs(work, config, metrics):
   return on_disk
 
 
+def test_regressor_training_set_and_metric_settings():
+  """The identity regressor learns each train face and its counterfactual
+  (the renderer with the attribute flipped) under one identity target."""
+  config = demo_config.get_config('quick')
+  attr, n, size = config.demo.attribute, config.demo.num_train, 32
+  images, targets = demo.regressor_training_set(config)
+  train = sf.generate_arrays(n, size, config.demo.data_seed, 'train')
+  assert images.shape == (2 * n, size, size, 3)
+  np.testing.assert_array_equal(images[:n], train['image'])
+  np.testing.assert_array_equal(targets[:n], train['identity'])
+  np.testing.assert_array_equal(targets[n:], train['identity'])
+  for i in (0, n - 1):
+    ident, attrs = sf.sample_face(config.demo.data_seed, 'train', i)
+    np.testing.assert_array_equal(
+        images[n + i], sf.render_face(ident, {**attrs, attr: 1 - attrs[attr]},
+                                      size))
+  assert not np.array_equal(images[n:], images[:n])
+  config.demo.regressor_counterfactuals = False
+  images, targets = demo.regressor_training_set(config)
+  np.testing.assert_array_equal(images, train['image'])
+  # The metric models' seed: the run's unless given.
+  config.seed = 3
+  assert demo.metric_seed(config) == 3
+  config.demo.metric_seed = 0
+  assert demo.metric_seed(config) == 0
+  for field, value in (('metric_seed', -2), ('regressor_steps', 0),
+                       ('metric_steps', -3)):
+    bad = demo_config.get_config('quick')
+    bad.demo[field] = value
+    with pytest.raises(ValueError, match=f'config.demo.{field}='):
+      demo.run_demo(bad, '/nonexistent/never-made')
+
+
 def test_demo_stages_smoke(tmp_path, capsys):
   """Every stage but the GAN training loop; metrics recomputed from files."""
   config = demo_config.get_config('quick')
-  config.demo.metric_steps = 5
+  config.demo.metric_steps = config.demo.regressor_steps = 5
   info = demo.generate_data(config, str(tmp_path))
   attr = config.demo.attribute
   assert config.data_dir == str(tmp_path.resolve() / 'data')
@@ -198,6 +231,9 @@ def test_demo_stages_smoke(tmp_path, capsys):
   assert editing.input_warnings(mc)  # "trained on the generated faces"
   metrics = demo.evaluate(config, str(tmp_path), ckpt, {'data_s': 0.0})
   _check_outputs(tmp_path, config, metrics)
+  assert metrics['regressor_training'] == {
+      'faces': config.demo.num_train, 'counterfactuals': True, 'steps': 5,
+      'seed': config.seed}
   # Degree 0 of an untrained model is not the identity: the metrics must see
   # the edits, not the sources.
   assert metrics['edits']['degree=0']['pixel_change_outside'] > 0.01
