@@ -16,10 +16,10 @@ Stages (one progress line each, an ETA while training):
      the EMA export <workdir>/train/ema_export that scripts/edit.py loads).
   5. Edits every validation face towards the other domain at the degrees in
      `config.demo.degrees` (docs/method.md#l2m-edit; degree 0 =
-     reconstruction), trains the JAX
-     attribute classifier and identity regressor on the generated training
-     faces (the regressor also on their counterfactuals, so that it reads
-     the identity and not the attribute) and reports (l2m_jax/evaluation/editing_metrics.py): attribute
+     reconstruction), trains the JAX attribute classifier and identity
+     regressor on the generated training faces (the regressor also on their
+     counterfactuals, so that it reads the identity and not the attribute)
+     and reports (l2m_jax/evaluation/editing_metrics.py): attribute
      accuracy, identity error against the reconstruction's, pixel change
      outside the attribute's region, FID (skipped, loudly, without Inception
      weights), each next to the same metric of the exact counterfactual
