@@ -122,7 +122,7 @@ def _to_float(u8: np.ndarray) -> np.ndarray:
   return ((u8.astype(np.float32) / 255.0) - 0.5) / 0.5
 
 
-_FACES: dict = {}  # (num, size, seed, split) -> generate_arrays output
+_FACES: dict = {}  # (num, size, seed, split[, attribute]) -> faces [counterfactuals]
 
 
 def _faces(config, split: str) -> dict:
@@ -141,6 +141,22 @@ def _faces(config, split: str) -> dict:
     for a in arrays.values():
       a.setflags(write=False)
     _FACES[key] = arrays
+  return _FACES[key]
+
+
+def _counterfactuals(config, split: str) -> np.ndarray:
+  """The exact counterfactuals of `_faces(config, split)` (each face with
+  demo.attribute flipped), rendered once per process and read-only: the
+  preservation network and the identity regressor learn the train split's,
+  the evaluation compares with the val split's."""
+  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
+  d = config.demo
+  num = int(d.num_train if split == 'train' else d.num_val)
+  key = (num, int(config.img_size), int(d.data_seed), split, d.attribute)
+  if key not in _FACES:
+    cf = sf.generate_counterfactuals(*key)
+    cf.setflags(write=False)
+    _FACES[key] = cf
   return _FACES[key]
 
 
@@ -268,10 +284,8 @@ def train_preservation(config, workdir: str) -> dict:
     _say(f'3/{NUM_STAGES} preservation network: training on the generated '
          f'faces and their counterfactuals ({d.preservation_steps} steps; '
          'compiling first)')
-    size = int(config.img_size)
     train = _faces(config, 'train')
-    cf = sf.generate_counterfactuals(int(d.num_train), size,
-                                     int(d.data_seed), 'train', d.attribute)
+    cf = _counterfactuals(config, 'train')
     variables, meta = face_priors.train_preservation_net(
         train['image'], sf.preserved_targets(train, d.attribute), cf,
         steps=int(d.preservation_steps), width=int(d.preservation_width),
@@ -349,13 +363,11 @@ def regressor_training_set(config) -> tuple[np.ndarray, np.ndarray]:
   learns to read the identity and not the attribute, as a face-recognition
   network is trained on photos of one person with different hair.
   """
-  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
   d = config.demo
   train = _faces(config, 'train')
   if not d.get('regressor_counterfactuals', False):
     return train['image'], train['identity']
-  cf = sf.generate_counterfactuals(int(d.num_train), int(config.img_size),
-                                   int(d.data_seed), 'train', d.attribute)
+  cf = _counterfactuals(config, 'train')
   return (np.concatenate([train['image'], cf]),
           np.concatenate([train['identity'], train['identity']]))
 
@@ -613,8 +625,7 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
   classifier, regressor = train_metric_models(config, work, val)
   timings['metric_models_s'] = time.time() - t
   t = time.time()
-  exact_u8 = sf.generate_counterfactuals(int(d.num_val), size,
-                                         int(d.data_seed), 'val', d.attribute)
+  exact_u8 = _counterfactuals(config, 'val')
   results, references, factors = compute_metrics(
       config, val, _to_float(sweep_u8), degrees, _to_float(exact_u8),
       classifier, regressor)
