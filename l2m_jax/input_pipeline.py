@@ -63,12 +63,29 @@ class DatasetError(ValueError):
   """A user-facing problem with the image folders."""
 
 
+class _ImageFolder(tfds.ImageFolder, skip_registration=True):
+  """`tfds.ImageFolder` that leaves no empty temporary directory behind.
+
+  A builder whose folder holds no `dataset_info.json` asks the TFDS bucket
+  for its metadata (`DatasetInfo.initialize_from_bucket`), which makes a
+  `tmp*tfds` directory in the system temp folder first and never removes it,
+  one per construction. A local image folder has no metadata there, so the
+  lookup is skipped; everything else is tfds.ImageFolder's.
+  """
+  name = 'image_folder'
+
+  def _info(self):
+    info = super()._info()
+    info.initialize_from_bucket = lambda: None
+    return info
+
+
 def _builder(data_dir: str | os.PathLike) -> tfds.ImageFolder:
   root = pathlib.Path(data_dir).expanduser()
   if not root.is_dir():
     raise DatasetError(f'data_dir={str(root)!r}: not a directory; expected '
                        'train/<domain>/*.{jpg,png} (and val/<domain>/...)')
-  return tfds.ImageFolder(str(root))
+  return _ImageFolder(str(root))
 
 
 def _examples(builder: tfds.ImageFolder, split: str

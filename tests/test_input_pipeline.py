@@ -132,6 +132,29 @@ def test_missing_folder_and_wrong_domain_count_are_clear(tmp_path):
     _take(config, 1)
 
 
+def test_reading_a_folder_leaves_no_temporary_directory(tmp_path,
+                                                        monkeypatch):
+  """tfds.ImageFolder alone leaves an empty tmp*tfds dir per construction."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  root = make_folder(tmp_path / 'data')
+  tmp = tmp_path / 'tmp'
+  tmp.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp))
+  tfds.ImageFolder(str(root))  # the reference: the library's own builder
+  leaked = sorted(p.name for p in tmp.iterdir())
+  assert leaked and all(n.endswith('tfds') for n in leaked), leaked
+  for p in tmp.iterdir():
+    p.rmdir()
+  config = _config(root)
+  _take(config, 1)
+  list(input_pipeline.eval_dataset(config, batch_size=4).as_numpy_iterator())
+  assert input_pipeline.domains(root) == ['a', 'b']
+  assert input_pipeline.check_files(root, ('train', 'val')) == 10
+  # (tf.data's autograph writes its own files there; only tfds's count)
+  assert not [p.name for p in tmp.iterdir() if p.name.endswith('tfds')]
+
+
 def test_eval_dataset_and_fixed_sources(tmp_path):
   config = _config(make_folder(tmp_path, val=3))
   batches = list(input_pipeline.eval_dataset(config, batch_size=4).as_numpy_iterator())
