@@ -1,0 +1,201 @@
+"""Where the demo's L2M-GAN training step spends its time, on this machine.
+
+  python3 scripts/benchmark_demo_step.py --workdir runs/demo [--steps 30]
+
+Needs a demo workdir whose helper networks exist (`<workdir>/priors`, written
+by `python3 -m l2m_jax.demo --workdir=...`; its first three stages suffice).
+Builds the training step of configs/demo.py with those networks and random
+G, E, D, then prints:
+
+- the whole step as the demo runs it (global batch 8 over
+  `demo.cpu_devices` CPU devices or `--cpu-devices`, compiled as
+  `parallel.compile_step` does; XLA_FLAGS from the environment apply):
+  compile seconds, steps/s over `--steps` steps after 3 untimed ones, and
+  the process CPU time per wall second;
+- its parts on one device (the whole host) at the per-device batch (4 over
+  2 devices): XLA's FLOP count of
+  each compiled part and its fastest time of `--repeats` calls: the whole
+  per-device step, the discriminator's gradient with and without R1, the
+  edit's forward and forward+backward (E and G), one mask computation (the
+  LandmarkNet alone and the FAN post-processing of its heatmaps) and the
+  preservation loss's gradient.
+
+The parts overlap (the step runs the masks twice, G forward twice, D on real
+and fake images): they say what each costs, not a partition of the step.
+Timings move with the machine's state (docs/benchmarks.md); compare rows of
+one run only. Needs no tensorflow, tfds or clu (ml_collections: the config).
+`--quick` runs the test size of configs/demo.py.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_util
+
+import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
+import time  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import bench_util  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--workdir', required=True,
+                 help='a demo workdir with priors/landmarks and '
+                 'priors/preservation')
+  p.add_argument('--steps', type=int, default=30, help='timed whole steps')
+  p.add_argument('--repeats', type=int, default=10,
+                 help='calls of each part (the fastest is kept)')
+  p.add_argument('--cpu-devices', type=int, default=None,
+                 help='CPU devices to split the host into (default: the '
+                 "config's demo.cpu_devices)")
+  p.add_argument('--quick', action='store_true',
+                 help="configs/demo.py:quick (the test size; its workdir's "
+                 'helper networks must be of that size too)')
+  args = p.parse_args(argv)
+  priors = pathlib.Path(args.workdir).expanduser() / 'priors'
+  missing = [str(priors / n) for n in ('landmarks', 'preservation')
+             if not (priors / n).exists()]
+  if missing:
+    p.error(f'--workdir={args.workdir}: no helper networks at {missing}; '
+            'run `python3 -m l2m_jax.demo --workdir=...` first')
+  if args.steps < 1 or args.repeats < 1:
+    p.error('--steps and --repeats must be >= 1')
+  if args.cpu_devices is not None and args.cpu_devices < 1:
+    p.error('--cpu-devices must be >= 1')
+  args.priors = priors
+  return args
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  from configs import demo as demo_config  # pylint: disable=g-import-not-at-top
+  config = demo_config.get_config('quick' if args.quick else '')
+  import jax  # pylint: disable=g-import-not-at-top
+  devices = (config.demo.cpu_devices if args.cpu_devices is None
+             else args.cpu_devices)
+  if devices:
+    try:
+      jax.config.update('jax_num_cpu_devices', int(devices))
+    except RuntimeError:  # JAX already running in this process (a test)
+      print(f'JAX was initialised before this script: {jax.device_count()} '
+            f'devices, not {devices}', flush=True)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from l2m_jax import editing  # pylint: disable=g-import-not-at-top
+  from l2m_jax import l2m_frozen  # pylint: disable=g-import-not-at-top
+  from l2m_jax import losses  # pylint: disable=g-import-not-at-top
+  from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
+  from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
+  from l2m_jax.models import landmarks as landmarks_lib  # pylint: disable=g-import-not-at-top
+  from l2m_jax.models import preservation as preservation_lib  # pylint: disable=g-import-not-at-top
+
+  config.landmark_checkpoint = str(args.priors / 'landmarks')
+  config.preservation_checkpoint = str(args.priors / 'preservation')
+  domains = ['absent', 'present']
+  models = train_l2m.create_models(config, domains)
+  rng = jax.random.key(int(config.seed))
+  frozen = l2m_frozen.load_frozen(config, jax.random.fold_in(rng, 1))
+  state = train_l2m.create_train_state(config, models,
+                                       jax.random.fold_in(rng, 0))
+  size, batch = int(config.img_size), int(config.batch_size)
+  r = np.random.RandomState(0)
+  host_batch = {
+      'x_src': r.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
+      'y_src': (np.arange(batch) % 2).astype(np.int32),
+      'y_trg': (1 - np.arange(batch) % 2).astype(np.int32)}
+  print(f'{jax.device_count()} {jax.devices()[0].platform} devices; '
+        f'load {os.getloadavg()}; XLA_FLAGS='
+        f'{os.environ.get("XLA_FLAGS", "")!r}', flush=True)
+
+  # The whole step, as the demo runs it.
+  mesh = parallel.make_mesh()
+  compiled = train_l2m.compile_train_step(config, models, mesh)
+  dstate = compiled.put_state(parallel.init_replicated(lambda: state, mesh))
+  frozen_dev = compiled.put_args(frozen)
+  t0 = time.perf_counter()
+  compiled = compiled.compile_ahead(dstate, compiled.put_batch(host_batch),
+                                    frozen_dev)
+  compile_s = time.perf_counter() - t0
+  for _ in range(3):
+    dstate, _ = compiled(dstate, compiled.put_batch(host_batch), frozen_dev)
+  jax.block_until_ready(dstate)
+  t0, c0 = time.perf_counter(), time.process_time()
+  for _ in range(args.steps):
+    dstate, metrics = compiled(dstate, compiled.put_batch(host_batch),
+                               frozen_dev)
+  compiled.get_metrics(metrics)
+  jax.block_until_ready(dstate)
+  wall = time.perf_counter() - t0
+  print(f'whole step, global batch {batch} over {mesh.devices.size} devices: '
+        f'compile {compile_s:.1f} s, {args.steps / wall:.2f} steps/s, '
+        f'CPU/wall {(time.process_time() - c0) / wall:.2f}', flush=True)
+
+  # Its parts, on one device at the per-device batch.
+  per = batch // mesh.devices.size
+  x = jax.numpy.asarray(host_batch['x_src'][:per])
+  y = jax.numpy.asarray(host_batch['y_src'][:per])
+  y_trg = jax.numpy.asarray(host_batch['y_trg'][:per])
+  one = jax.make_mesh((1,), (parallel.DATA_AXIS,))
+  spec = jax.sharding.PartitionSpec()
+  step = parallel._shard_map()(  # pylint: disable=protected-access
+      lambda s, b, f: train_l2m.train_step(s, b, f, models=models,
+                                           config=config),
+      mesh=one, in_specs=(spec, spec, spec), out_specs=(spec, spec),
+      **parallel._no_check_kwargs())  # pylint: disable=protected-access
+  gen, enc, disc = models.generator, models.style_encoder, models.discriminator
+  g_p, e_p = state.generator.params, state.style_encoder.params
+  d_p = state.discriminator.params
+  masks = landmarks_lib.masks_from_frozen(frozen, x)
+  heat = landmarks_lib.model_from_variables(frozen['landmarks']).apply(
+      frozen['landmarks'], x)
+
+  def edit(g, e):
+    return editing.edit_core(gen, enc, {'params': g}, {'params': e}, x, y,
+                             y_trg, masks)
+
+  def d_grad(with_r1):
+    def loss(p):
+      if with_r1:
+        r1, real = losses.r1_penalty(
+            lambda im: disc.apply({'params': p}, im, y), x)
+      else:
+        r1, real = 0.0, disc.apply({'params': p}, x, y)
+      real_l, fake_l = losses.d_adversarial_loss(
+          real, disc.apply({'params': p}, x[::-1], y_trg))
+      return real_l + fake_l + r1
+    return jax.grad(loss)
+
+  parts = [
+      ('whole per-device step', step,
+       (state, {'x_src': x, 'y_src': y, 'y_trg': y_trg}, frozen)),
+      ('D gradient with R1', d_grad(True), (d_p,)),
+      ('D gradient without R1', d_grad(False), (d_p,)),
+      ('edit forward (E, G)', edit, (g_p, e_p)),
+      ('edit forward+backward', jax.grad(
+          lambda g, e: edit(g, e)[0].sum(), argnums=(0, 1)), (g_p, e_p)),
+      ('masks (LandmarkNet + post-processing)',
+       lambda f, im: landmarks_lib.masks_from_frozen(f, im), (frozen, x)),
+      ('LandmarkNet alone', lambda v, im: landmarks_lib.model_from_variables(
+          v).apply(v, im), (frozen['landmarks'], x)),
+      ('mask post-processing alone',
+       lambda h: landmarks_lib.generator_masks(h, size), (heat,)),
+      ('preservation loss gradient', jax.grad(
+          lambda xf: preservation_lib.preservation_loss(
+              frozen['preservation'], x, xf,
+              config.get('preservation_compare', 'features'))), (x[::-1],)),
+  ]
+  for name, fn, fn_args in parts:
+    part = jax.jit(fn).lower(*fn_args).compile()
+    flops = bench_util.xla_flops(part) or 0.0
+    best = bench_util.best_of(
+        lambda part=part, fn_args=fn_args: jax.block_until_ready(
+            part(*fn_args)), args.repeats, warmup=True)
+    print(f'  {name:40s} {flops / 1e9:7.3f} GFLOP {best * 1e3:8.2f} ms '
+          f'{flops / best / 1e9:6.1f} GFLOP/s', flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

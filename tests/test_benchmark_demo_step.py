@@ -1,0 +1,51 @@
+"""scripts/benchmark_demo_step.py: usage errors, and a run at the test size."""
+
+import importlib.util
+import pathlib
+import re
+
+import pytest
+
+from configs import demo as demo_config
+from l2m_jax import demo
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_script():
+  spec = importlib.util.spec_from_file_location(
+      'benchmark_demo_step', ROOT / 'scripts' / 'benchmark_demo_step.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_missing_helper_networks_are_named(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exc:
+    _load_script().main(['--workdir', str(tmp_path)])
+  assert exc.value.code == 2
+  err = capsys.readouterr().err
+  assert 'no helper networks' in err and str(tmp_path / 'priors') in err
+
+
+@pytest.mark.slow  # the quick demo's helper networks, then ten compilations
+def test_runs_at_the_quick_size(tmp_path, capsys):
+  config = demo_config.get_config('quick')
+  demo.generate_data(config, str(tmp_path))
+  demo.train_landmarks(config, str(tmp_path))
+  demo.train_preservation(config, str(tmp_path))
+  capsys.readouterr()
+  assert _load_script().main(['--workdir', str(tmp_path), '--quick',
+                              '--steps', '1', '--repeats', '1']) == 0
+  out = capsys.readouterr().out
+  assert re.search(r'whole step, global batch \d+ over \d+ devices: compile '
+                   r'[\d.]+ s, [\d.]+ steps/s', out), out
+  flops = {m.group(1).strip(): float(m.group(2)) for m in re.finditer(
+      r'^  (.+?) +([\d.]+) GFLOP', out, re.M)}
+  assert len(flops) == 9, out
+  assert all(v > 0 for v in flops.values()), flops
+  # R1 differentiates D twice: more work than the plain gradient; the
+  # step holds the edit's forward and backward passes and more.
+  assert flops['D gradient with R1'] > flops['D gradient without R1']
+  assert flops['whole per-device step'] > flops['edit forward+backward'] > (
+      flops['edit forward (E, G)'])
