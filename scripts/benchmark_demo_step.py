@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_util
 
 import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
+import functools  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 import time  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -137,13 +138,12 @@ def main(argv=None) -> int:
   x = jax.numpy.asarray(host_batch['x_src'][:per])
   y = jax.numpy.asarray(host_batch['y_src'][:per])
   y_trg = jax.numpy.asarray(host_batch['y_trg'][:per])
-  one = jax.make_mesh((1,), (parallel.DATA_AXIS,))
-  spec = jax.sharding.PartitionSpec()
-  step = parallel._shard_map()(  # pylint: disable=protected-access
-      lambda s, b, f: train_l2m.train_step(s, b, f, models=models,
-                                           config=config),
-      mesh=one, in_specs=(spec, spec, spec), out_specs=(spec, spec),
-      **parallel._no_check_kwargs())  # pylint: disable=protected-access
+  # The step compiled as the demo compiles it, on one device, without
+  # donating the state (each part is called several times on one input).
+  one = parallel.compile_step(
+      functools.partial(train_l2m.train_step, models=models, config=config),
+      parallel.make_mesh(1), config.parallel, num_args=1, donate_state=False)
+  shard = {k: v[:per] for k, v in host_batch.items()}
   gen, enc, disc = models.generator, models.style_encoder, models.discriminator
   g_p, e_p = state.generator.params, state.style_encoder.params
   d_p = state.discriminator.params
@@ -168,8 +168,8 @@ def main(argv=None) -> int:
     return jax.grad(loss)
 
   parts = [
-      ('whole per-device step', step,
-       (state, {'x_src': x, 'y_src': y, 'y_trg': y_trg}, frozen)),
+      ('whole per-device step', one.fn,
+       (one.put_state(state), one.put_batch(shard), one.put_args(frozen))),
       ('D gradient with R1', d_grad(True), (d_p,)),
       ('D gradient without R1', d_grad(False), (d_p,)),
       ('edit forward (E, G)', edit, (g_p, e_p)),
