@@ -155,6 +155,29 @@ def test_reading_a_folder_leaves_no_temporary_directory(tmp_path,
   assert not [p.name for p in tmp.iterdir() if p.name.endswith('tfds')]
 
 
+def test_pipelines_run_without_autotune_and_yield_the_autotuned_data(
+    tmp_path):
+  """No autotune model thread (deleting an iterator waited on it for up to
+  ~50 s at the end of a training run); the data are what tf.data's
+  autotuned pipeline yields."""
+  config = _config(make_folder(tmp_path, val=3))
+  autotuned = tf.data.Options()
+  autotuned.autotune.enabled = True
+  pipelines = (input_pipeline.train_dataset(config, 3),
+               input_pipeline.eval_dataset(config, batch_size=4))
+  for ds in pipelines:
+    assert ds.options().autotune.enabled is False
+    ref = ds.with_options(autotuned)
+    assert ref.options().autotune.enabled is True
+    got = list(ds.take(3).as_numpy_iterator())
+    want = list(ref.take(3).as_numpy_iterator())
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want):
+      assert g.keys() == w.keys()
+      for k in g:
+        np.testing.assert_array_equal(g[k], w[k])
+
+
 def test_eval_dataset_and_fixed_sources(tmp_path):
   config = _config(make_folder(tmp_path, val=3))
   batches = list(input_pipeline.eval_dataset(config, batch_size=4).as_numpy_iterator())
