@@ -24,7 +24,8 @@ The parts overlap (the step runs the masks twice, G forward twice, D on real
 and fake images): they say what each costs, not a partition of the step.
 Timings move with the machine's state (docs/benchmarks.md); compare rows of
 one run only. Needs no tensorflow, tfds or clu (ml_collections: the config).
-`--quick` runs the test size of configs/demo.py.
+`--quick` runs the test size of configs/demo.py; `--set FIELD=VALUE` changes a
+top-level training field (e.g. `--set base_dim=24`, a narrower G, E and D).
 """
 
 import os
@@ -52,6 +53,10 @@ def parse_args(argv=None):
   p.add_argument('--cpu-devices', type=int, default=None,
                  help='CPU devices to split the host into (default: the '
                  "config's demo.cpu_devices)")
+  p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                 help='override a top-level training field of the config '
+                 '(repeatable), e.g. --set base_dim=24; the value is read as '
+                 "the field's type")
   p.add_argument('--quick', action='store_true',
                  help="configs/demo.py:quick (the test size; its workdir's "
                  'helper networks must be of that size too)')
@@ -66,14 +71,58 @@ def parse_args(argv=None):
     p.error('--steps and --repeats must be >= 1')
   if args.cpu_devices is not None and args.cpu_devices < 1:
     p.error('--cpu-devices must be >= 1')
+  for item in args.set:
+    field, sep, value = item.partition('=')
+    if not sep or not field or not value:
+      p.error(f'--set {item!r}: expected FIELD=VALUE')
   args.priors = priors
   return args
+
+
+def apply_overrides(config, items) -> dict:
+  """config[field] = value for each 'FIELD=VALUE' (top-level fields only).
+
+  Returns:
+    {field: new value}.
+
+  Raises:
+    ValueError: an unknown field, a nested one, or a value that does not
+      read as the field's type.
+  """
+  done = {}
+  for item in items:
+    field, _, value = item.partition('=')
+    if field not in config or '.' in field:
+      raise ValueError(f'--set {item!r}: configs/demo.py has no top-level '
+                       f'field {field!r}')
+    old = config[field]
+    if isinstance(old, (dict, list, tuple)) or hasattr(old, 'keys'):
+      raise ValueError(f'--set {item!r}: {field!r} is not a scalar field')
+    kind = type(old)
+    try:
+      if kind is bool:
+        if value.lower() not in ('true', 'false', '1', '0'):
+          raise ValueError(value)
+        new = value.lower() in ('true', '1')
+      else:
+        new = kind(value)
+    except ValueError:
+      raise ValueError(f'--set {item!r}: {field!r} expects type {kind.__name__}, '
+                       f'got {value!r}') from None
+    config[field] = new
+    done[field] = new
+  return done
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
   from configs import demo as demo_config  # pylint: disable=g-import-not-at-top
   config = demo_config.get_config('quick' if args.quick else '')
+  try:
+    overrides = apply_overrides(config, args.set)
+  except ValueError as e:
+    print(f'benchmark_demo_step.py: error: {e}', file=sys.stderr)
+    return 2
   import jax  # pylint: disable=g-import-not-at-top
   devices = (config.demo.cpu_devices if args.cpu_devices is None
              else args.cpu_devices)
@@ -108,7 +157,8 @@ def main(argv=None) -> int:
       'y_trg': (1 - np.arange(batch) % 2).astype(np.int32)}
   print(f'{jax.device_count()} {jax.devices()[0].platform} devices; '
         f'load {os.getloadavg()}; XLA_FLAGS='
-        f'{os.environ.get("XLA_FLAGS", "")!r}', flush=True)
+        f'{os.environ.get("XLA_FLAGS", "")!r}; overrides {overrides}',
+        flush=True)
 
   # The whole step, as the demo runs it.
   mesh = parallel.make_mesh()

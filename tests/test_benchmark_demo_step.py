@@ -28,6 +28,31 @@ def test_missing_helper_networks_are_named(tmp_path, capsys):
   assert 'no helper networks' in err and str(tmp_path / 'priors') in err
 
 
+def test_overrides_read_the_fields_type_and_name_bad_ones():
+  script = _load_script()
+  config = demo_config.get_config()
+  assert script.apply_overrides(
+      config, ['base_dim=24', 'lr=1e-3', 'w_hpf=0.5']) == {
+          'base_dim': 24, 'lr': 1e-3, 'w_hpf': 0.5}
+  assert (config.base_dim, config.lr, config.w_hpf) == (24, 1e-3, 0.5)
+  assert isinstance(config.base_dim, int)
+  for item, match in (('no_such=1', "no top-level field 'no_such'"),
+                      ('base_dim=wide', "'base_dim' expects type int, got 'wide'"),
+                      ('demo=1', "'demo' is not a scalar field"),
+                      ('check_files=maybe', "'check_files' expects type bool")):
+    with pytest.raises(ValueError, match=re.escape(match)):
+      script.apply_overrides(demo_config.get_config(), [item])
+
+
+def test_malformed_override_is_a_usage_error(tmp_path, capsys):
+  (tmp_path / 'priors' / 'landmarks').mkdir(parents=True)
+  (tmp_path / 'priors' / 'preservation').mkdir()
+  with pytest.raises(SystemExit) as exc:
+    _load_script().main(['--workdir', str(tmp_path), '--set', 'base_dim'])
+  assert exc.value.code == 2
+  assert "expected FIELD=VALUE" in capsys.readouterr().err
+
+
 @pytest.mark.slow  # the quick demo's helper networks, then ten compilations
 def test_runs_at_the_quick_size(tmp_path, capsys):
   config = demo_config.get_config('quick')
