@@ -92,7 +92,7 @@ def apply_overrides(config, items) -> dict:
   done = {}
   for item in items:
     field, _, value = item.partition('=')
-    if field not in config or '.' in field:
+    if field not in config:  # a dotted (nested) name is not a key either
       raise ValueError(f'--set {item!r}: configs/demo.py has no top-level '
                        f'field {field!r}')
     old = config[field]
@@ -107,8 +107,8 @@ def apply_overrides(config, items) -> dict:
       else:
         new = kind(value)
     except ValueError:
-      raise ValueError(f'--set {item!r}: {field!r} expects type {kind.__name__}, '
-                       f'got {value!r}') from None
+      raise ValueError(f'--set {item!r}: {field!r} expects type '
+                       f'{kind.__name__}, got {value!r}') from None
     config[field] = new
     done[field] = new
   return done

@@ -37,7 +37,8 @@ def test_overrides_read_the_fields_type_and_name_bad_ones():
   assert (config.base_dim, config.lr, config.w_hpf) == (24, 1e-3, 0.5)
   assert isinstance(config.base_dim, int)
   for item, match in (('no_such=1', "no top-level field 'no_such'"),
-                      ('base_dim=wide', "'base_dim' expects type int, got 'wide'"),
+                      ('base_dim=wide',
+                       "'base_dim' expects type int, got 'wide'"),
                       ('demo=1', "'demo' is not a scalar field"),
                       ('check_files=maybe', "'check_files' expects type bool")):
     with pytest.raises(ValueError, match=re.escape(match)):
