@@ -233,3 +233,24 @@ def test_legacy_serialised_fid_file_loads_without_unpickling_code(tmp_path):
   np.testing.assert_array_equal(
       variables['params']['Conv2d_1a_3x3']['conv']['kernel'],
       sd['Conv2d_1a_3x3.conv.weight'].numpy().transpose(2, 3, 1, 0))
+
+
+def test_variables_template_has_torch_shapes_and_fresh_containers():
+  """The (memoised) template: torchvision's feature-extractor shapes for
+  every parameter, and a caller's change does not reach the next caller."""
+  torch_model = import_torchvision().models.inception_v3(
+      weights=None, init_weights=False)
+  want = {k: tuple(v.shape) for k, v in torch_model.state_dict().items()
+          if not (k.startswith(('AuxLogits.', 'fc.'))
+                  or k.endswith('num_batches_tracked'))}
+  first = inception_lib.variables_template('torchvision')
+  flat = t2f.flatten(first)
+  assert len(flat) == len(want) == 470
+  cout, cin, kh, kw = want['Mixed_6b.branch7x7dbl_3.conv.weight']
+  assert flat['params/Mixed_6b/branch7x7dbl_3/conv/kernel'].shape == (
+      kh, kw, cin, cout)
+  first['params'].pop('Mixed_6b')
+  first['extra'] = {}
+  second = inception_lib.variables_template('torchvision')
+  assert set(second) == {'params', 'batch_stats'}
+  assert t2f.flatten(second).keys() == flat.keys()

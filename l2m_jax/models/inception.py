@@ -282,8 +282,17 @@ class InceptionV3(nn.Module):
     return jnp.mean(x, axis=(1, 2))  # [N, 2048]
 
 
-def variables_template(variant: str = 'torchvision', size: int = 299):
-  """Shapes of the variables ({params, batch_stats}) via jax.eval_shape."""
+@functools.lru_cache(maxsize=None)
+def _variables_template(variant: str, size: int):
   model = InceptionV3(variant=variant)
   return jax.eval_shape(model.init, jax.random.key(0),
                         jnp.zeros((1, size, size, 3), jnp.float32))
+
+
+def variables_template(variant: str = 'torchvision', size: int = 299):
+  """Shapes of the variables ({params, batch_stats}) via jax.eval_shape.
+
+  Traced once per (variant, size) and process (about 2 s on a CPU); each
+  call returns fresh containers, so callers may modify what they get.
+  """
+  return jax.tree.map(lambda leaf: leaf, _variables_template(variant, size))
