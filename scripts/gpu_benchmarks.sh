@@ -13,7 +13,8 @@
 # others still run; the exit status is 1 if any stage failed.
 #
 # L2M_BENCH_TINY=1 runs the same stages at test size on a CPU
-# (tests/test_gpu_benchmarks.py runs it so that this script cannot rot).
+# (tests/test_gpu_benchmarks.py, in the slow suite, runs it so that this
+# script cannot rot).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-gpu_benchmarks.json}

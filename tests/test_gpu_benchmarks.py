@@ -5,16 +5,23 @@ blocked here too (tests/gpu_image.py). L2M_BENCH_TINY=1 shrinks every stage
 (32 px narrow networks, 75 px Inception input, batch 2); XLA skips its slow
 optimisation passes (test speed only). The one command must finish, write
 one JSON with JAX and torch rows for every stage, and print one table.
+
+Slow (about 75 to 100 s on 2 cores: three processes, each importing jax and
+torch and compiling its stage): run by `bash scripts/test.sh -m slow`, not
+by the default suite.
 """
 
 import json
 import math
 import subprocess
 
+import pytest
+
 from tests import conftest
 from tests import gpu_image
 
 
+@pytest.mark.slow
 def test_gpu_benchmarks_script_runs_at_tiny_size(tmp_path):
   env = gpu_image.env_without_data_stack(tmp_path)
   env['L2M_BENCH_TINY'] = '1'
