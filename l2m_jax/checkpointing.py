@@ -55,12 +55,32 @@ class WorkdirLockedError(RuntimeError):
   """Another live run holds the workdir."""
 
 
+def _write_from_one_replica() -> None:
+  """Each host writes a replicated array from one local copy.
+
+  orbax's default for jax.Array ("replica-parallel") cuts every array that
+  is replicated over several local devices into one slice per device and
+  writes the slices in parallel. Slicing compiles one small program per
+  array shape and slice: for the tiny L2M-GAN state on 4 CPU devices 68
+  compilations, 5.4 s for the first save against 1.5 s without them
+  (measured). The states saved here are small enough that the parallel
+  device-to-host copy gains nothing on any device; orbax itself turns it off
+  when JAX_PLATFORMS names a GPU. The switch is the registered handler's
+  attribute (orbax has no public option for it in 0.12); an orbax without
+  it is left as it is.
+  """
+  handler = ocp.type_handlers.get_type_handler(jax.Array)
+  if getattr(handler, '_use_replica_parallel', False):
+    handler._use_replica_parallel = False  # pylint: disable=protected-access
+
+
 def make_manager(directory: str | os.PathLike, save_every: int, keep: int,
                  async_save: bool = True) -> ocp.CheckpointManager:
   """A CheckpointManager saving every `save_every` steps, keeping `keep`."""
   if save_every < 1 or keep < 1:
     raise ValueError(f'save_every={save_every} and keep_checkpoints={keep} '
                      'must both be >= 1')
+  _write_from_one_replica()
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, save_interval_steps=save_every, create=True,
       enable_async_checkpointing=async_save)

@@ -69,6 +69,36 @@ def test_save_keep_and_restore_on_other_device_count(tmp_path):
   assert int(restored.step) == 6
 
 
+def test_saving_a_replicated_state_compiles_nothing(tmp_path):
+  """Each host writes replicated arrays from one copy: no slicing programs
+  (orbax's replica-parallel default compiled one per shape and slice), and
+  the checkpoint restores bit for bit."""
+  rng = np.random.default_rng(0)
+  tree = {f'a{k}': rng.standard_normal(shape).astype(np.float32)
+          for k, shape in enumerate([(8, 6), (20,), (3, 3, 4, 12), (12, 28)])}
+  mesh = parallel.make_mesh(4)
+  state = parallel.replicate(tree, mesh)
+  compiles = []
+
+  def listener(event, duration, **_):
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiles.append(duration)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    mngr = checkpointing.make_manager(tmp_path / 'ckpt', 1, 1)
+    checkpointing.save(mngr, 1, state, {'step': 1})
+    mngr.wait_until_finished()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert not compiles, f'{len(compiles)} programs compiled while saving'
+  restored, meta = checkpointing.restore_or_init(
+      mngr, lambda: tree, parallel.replicated_sharding(mesh))
+  mngr.close()
+  assert meta == {'step': 1}
+  for k, v in tree.items():
+    np.testing.assert_array_equal(np.asarray(restored[k]), v)
+
+
 def test_restore_or_init_without_checkpoint_initialises(tmp_path):
   mngr = checkpointing.make_manager(tmp_path / 'empty', save_every=1, keep=1)
   state, meta = checkpointing.restore_or_init(
