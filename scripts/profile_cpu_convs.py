@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         f'(torch/jax {t_net_t / t_net_j:.2f})')
   print(f'outside the convolutions: jax {t_net_j - sj:.3f} s, torch '
         f'{t_net_t - st:.3f} s')
-  print(f'layers where JAX loses most (shape n,h,w,cin,cout,kh,kw,stride):')
+  print('layers where JAX loses most (shape n,h,w,cin,cout,kh,kw,stride):')
   for shape, tj, tt, fl in sorted(rows, key=lambda r: r[2] - r[1])[:args.top]:
     print(f'  {shape}: jax {tj * 1e3:.1f} ms, torch {tt * 1e3:.1f} ms, '
           f'{fl / 1e9:.2f} GFLOP')
