@@ -63,11 +63,11 @@ def _write_from_one_replica() -> None:
   writes the slices in parallel. Slicing compiles one small program per
   array shape and slice: for the tiny L2M-GAN state on 4 CPU devices 68
   compilations, 5.4 s for the first save against 1.5 s without them
-  (measured). The states saved here are small enough that the parallel
-  device-to-host copy gains nothing on any device; orbax itself turns it off
-  when JAX_PLATFORMS names a GPU. The switch is the registered handler's
-  attribute (orbax has no public option for it in 0.12); an orbax without
-  it is left as it is.
+  (measured). The parallel copy is meant for large states; its effect on
+  these train states on GPUs has not been measured, and orbax itself turns
+  it off when JAX_PLATFORMS names a GPU. The switch is the registered
+  handler's attribute (orbax has no public option for it in 0.12); an orbax
+  without it is left as it is.
   """
   handler = ocp.type_handlers.get_type_handler(jax.Array)
   if getattr(handler, '_use_replica_parallel', False):
