@@ -257,6 +257,41 @@ def prefetch(iterator: Any, put: Callable[[Any], Any], size: int = 2
     yield item
 
 
+# Steps a training loop may have dispatched and not yet finished.
+MAX_STEPS_IN_FLIGHT = 4
+
+
+class DispatchWindow:
+  """Keeps the host at most `size` dispatched steps ahead of the devices.
+
+  JAX dispatches asynchronously: a loop that reads no result queues steps
+  without limit. With several CPU devices that can deadlock XLA's CPU
+  client (docs/reliability.md, "Bounded dispatch"): each device admits only
+  so many unfinished computations, a step waits for that admission on one
+  of the client's worker threads, and those threads are only as many as the
+  devices on a host with no more cores than devices. Once the queue is full,
+  the next step's launches can hold every worker thread while a device's
+  part of the previous step still waits for one, and that step's all-reduce
+  never completes. The window removes the cause on every backend; the
+  devices still have `size` steps queued, so they never idle.
+
+  `push(outputs)` after each dispatch: it returns at once while fewer than
+  `size` earlier steps are unfinished, else waits for the oldest one's
+  outputs (not donated ones: pass the metrics, not the state).
+  """
+
+  def __init__(self, size: int = MAX_STEPS_IN_FLIGHT):
+    if size < 1:
+      raise ValueError(f'DispatchWindow size={size}: must be >= 1')
+    self.size = size
+    self._queue = collections.deque()
+
+  def push(self, outputs: Any) -> None:
+    self._queue.append(outputs)
+    while len(self._queue) > self.size:
+      jax.block_until_ready(self._queue.popleft())
+
+
 def enable_compilation_cache(path: str, min_compile_secs: float = 1.0
                              ) -> str:
   """Turns on JAX's persistent compilation cache in `path`, if none is set.

@@ -321,6 +321,8 @@ def train_loop(compiled: parallel.CompiledStep, state: Any,
   stop). Then `after_step(step, last, state_now)` for the periodic work
   (samples, evaluations); `state_now()` gives the host state of the step,
   checked finite when `needs_state(step, last)` asked for it.
+  The host runs at most `parallel.MAX_STEPS_IN_FLIGHT` steps ahead of the
+  devices (`parallel.DispatchWindow`).
 
   Args:
     compiled: the step compiled by `parallel.compile_step`.
@@ -353,10 +355,12 @@ def train_loop(compiled: parallel.CompiledStep, state: Any,
   if step < total:
     first = next(batches)
     compiled = compiled.compile_ahead(dstate, first, frozen)
+  window = parallel.DispatchWindow()
   while step < total:
     batch = first if first is not None else next(batches)
     first = None
     dstate, metrics = compiled(dstate, batch, frozen)
+    window.push(metrics)
     host = None
     step += 1
     for h in hooks:

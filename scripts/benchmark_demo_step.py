@@ -173,9 +173,11 @@ def main(argv=None) -> int:
     dstate, _ = compiled(dstate, compiled.put_batch(host_batch), frozen_dev)
   jax.block_until_ready(dstate)
   t0, c0 = time.perf_counter(), time.process_time()
+  window = parallel.DispatchWindow()  # as the training loop dispatches
   for _ in range(args.steps):
     dstate, metrics = compiled(dstate, compiled.put_batch(host_batch),
                                frozen_dev)
+    window.push(metrics)
   compiled.get_metrics(metrics)
   jax.block_until_ready(dstate)
   wall = time.perf_counter() - t0

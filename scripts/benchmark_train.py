@@ -159,9 +159,11 @@ def _jax_child(args):
     compiled = job['compiled']
     state = compiled.put_state(job['host_state'])
     box = {'state': state}
+    window = parallel.DispatchWindow()  # as the training loop dispatches
 
     def step():
       box['state'], m = exe(box['state'], job['db'], job['fr'])
+      window.push(m)
       return m
 
     sync = lambda m: jax.block_until_ready((m, box['state']))

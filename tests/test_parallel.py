@@ -238,6 +238,88 @@ def test_prefetch_places_items_ahead_in_order():
     next(parallel.prefetch(iter(range(3)), put, size=-1))
 
 
+class _Output:
+  """A step output that records when the window waits for it."""
+
+  def __init__(self, index, waited):
+    self.index, self._waited = index, waited
+
+  def block_until_ready(self):
+    self._waited.append(self.index)
+    return self
+
+
+def test_dispatch_window_waits_for_the_step_size_places_back():
+  waited = []
+  window = parallel.DispatchWindow(3)
+  for i in range(8):
+    window.push({'loss': _Output(i, waited)})
+    # After step i is dispatched, steps 0 .. i-3 have been waited for, in
+    # order, each once; the 3 newest are left running.
+    assert waited == list(range(max(0, i - 2)))
+  with pytest.raises(ValueError, match='size=0'):
+    parallel.DispatchWindow(0)
+
+
+def _slow_step(w, batch, frozen):
+  """Matrix products that take far longer than their dispatch."""
+  del frozen
+  x = batch['x']
+  for _ in range(4):
+    x = jnp.tanh(x @ w)
+  g = jax.lax.pmean(jnp.mean(x, 0), parallel.DATA_AXIS)
+  return w - 1e-3 * g[None, :], {'g': jnp.sum(g)}
+
+
+def test_dispatch_window_leaves_at_most_size_multi_device_steps_running():
+  # Without the window the host would be many steps ahead here (a step
+  # computes for milliseconds, its dispatch takes microseconds).
+  mesh = parallel.make_mesh()
+  compiled = parallel.compile_step(_slow_step, mesh, num_args=1)
+  state = compiled.put_state(np.eye(512, dtype=np.float32) * 0.5)
+  x = np.random.default_rng(0).standard_normal((256, 512), np.float32)
+  batch, frozen = compiled.put_batch({'x': x}), compiled.put_args({})
+  window = parallel.DispatchWindow(2)
+  seen = []
+  for _ in range(30):
+    state, metrics = compiled(state, batch, frozen)
+    window.push(metrics)
+    seen.append(metrics['g'])
+    assert all(m.is_ready() for m in seen[:-2])
+
+
+def test_train_loop_dispatches_through_the_window(tmp_path, monkeypatch):
+  """Every step's metrics go through a window of the default size."""
+  from l2m_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from l2m_jax import training  # pylint: disable=g-import-not-at-top
+  pushed = []
+
+  class Recording(parallel.DispatchWindow):
+
+    def push(self, outputs):
+      pushed.append((self.size, outputs))
+      super().push(outputs)
+
+  monkeypatch.setattr(parallel, 'DispatchWindow', Recording)
+  mesh = parallel.make_mesh()
+  compiled = parallel.compile_step(_step, mesh, num_args=1)
+  batches = (compiled.put_batch(b) for b in _batches(7))
+  mngr = checkpointing.make_manager(str(tmp_path / 'ckpt'), 100, 1)
+  writer = training.create_writer(str(tmp_path), just_logging=True)
+  final = training.train_loop(
+      compiled, parallel.replicate(_init(), mesh), batches,
+      compiled.put_args({'scale': np.float32(0.7)}), start=0, total=7,
+      resumed=False, mngr=mngr, meta={}, writer=writer,
+      preempt=training.Preemption(), log_every=100, save_every=100)
+  mngr.close()
+  assert [size for size, _ in pushed] == [parallel.MAX_STEPS_IN_FLIGHT] * 7
+  got = [float(m['loss']) for _, m in pushed]
+  assert got == pytest.approx(_run('shard_map', 4, steps=7)[1], rel=1e-6)
+  want_state, _ = _run('shard_map', 4, steps=7)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+               parallel.unreplicate_to_host(final), want_state)
+
+
 def test_compilation_cache_is_written_and_reused(tmp_path):
   # In a fresh process (JAX reads the cache setting once): the first run
   # compiles and writes the cache, the second loads it.
