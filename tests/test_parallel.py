@@ -288,7 +288,9 @@ def test_dispatch_window_leaves_at_most_size_multi_device_steps_running():
     assert all(m.is_ready() for m in seen[:-2])
 
 
-def test_train_loop_dispatches_through_the_window(tmp_path, monkeypatch):
+@pytest.mark.parametrize('mode', ['shard_map', 'pmap'])
+def test_train_loop_dispatches_through_the_window(mode, tmp_path,
+                                                  monkeypatch):
   """Every step's metrics go through a window of the default size."""
   from l2m_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from l2m_jax import training  # pylint: disable=g-import-not-at-top
@@ -302,7 +304,7 @@ def test_train_loop_dispatches_through_the_window(tmp_path, monkeypatch):
 
   monkeypatch.setattr(parallel, 'DispatchWindow', Recording)
   mesh = parallel.make_mesh()
-  compiled = parallel.compile_step(_step, mesh, num_args=1)
+  compiled = parallel.compile_step(_step, mesh, mode, num_args=1)
   batches = (compiled.put_batch(b) for b in _batches(7))
   mngr = checkpointing.make_manager(str(tmp_path / 'ckpt'), 100, 1)
   writer = training.create_writer(str(tmp_path), just_logging=True)
@@ -313,9 +315,9 @@ def test_train_loop_dispatches_through_the_window(tmp_path, monkeypatch):
       preempt=training.Preemption(), log_every=100, save_every=100)
   mngr.close()
   assert [size for size, _ in pushed] == [parallel.MAX_STEPS_IN_FLIGHT] * 7
-  got = [float(m['loss']) for _, m in pushed]
-  assert got == pytest.approx(_run('shard_map', 4, steps=7)[1], rel=1e-6)
-  want_state, _ = _run('shard_map', 4, steps=7)
+  want_state, want_losses = _run(mode, 4, steps=7)
+  got = [float(compiled.get_metrics(m)['loss']) for _, m in pushed]
+  assert got == pytest.approx(want_losses, rel=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
                parallel.unreplicate_to_host(final), want_state)
 
