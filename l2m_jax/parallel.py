@@ -272,7 +272,7 @@ class DispatchWindow:
   devices on a host with no more cores than devices. Once the queue is full,
   the next step's launches can hold every worker thread while a device's
   part of the previous step still waits for one, and that step's all-reduce
-  never completes. The window removes the cause on every backend; the
+  never completes. The window keeps the queue short on every backend; the
   devices still have `size` steps queued, so they never idle.
 
   `push(outputs)` after each dispatch: it returns at once while fewer than
