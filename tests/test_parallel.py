@@ -351,3 +351,24 @@ def test_compilation_cache_is_written_and_reused(tmp_path):
   assert outs[0] == [str(tmp_path / 'c'), 'MISS'], outs
   assert outs[1] == [str(tmp_path / 'c'), 'HIT'], outs
   assert any((tmp_path / 'c').iterdir())
+
+
+def test_check_dispatch_script_runs_a_bounded_loop():
+  """scripts/check_dispatch.py, at a small size: a fresh process trains
+  through the window and reports it finished."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, os.path.join(root, 'scripts', 'check_dispatch.py'),
+       '--window', '2', '--runs', '1', '--steps', '12', '--width', '64',
+       '--batch', '16'], capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert 'finished 12 steps' in proc.stdout
+  assert '1 of 1 runs finished' in proc.stdout
+  bad = subprocess.run(
+      [sys.executable, os.path.join(root, 'scripts', 'check_dispatch.py'),
+       '--window', '-1'], capture_output=True, text=True, timeout=60,
+      check=False)
+  assert bad.returncode == 2 and '--window must be >= 0' in bad.stderr
