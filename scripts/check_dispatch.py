@@ -90,7 +90,8 @@ def main(argv=None) -> int:
            '--devices', str(args.devices), '--width', str(args.width),
            '--batch', str(args.batch)]
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
-  cores = len(os.sched_getaffinity(0))
+  cores = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+           else os.cpu_count())
   print(f'{args.runs} runs of {args.steps} steps on {args.devices} CPU '
         f'devices ({cores} cores), window '
         f'{args.window or "none (unbounded dispatch)"}', flush=True)
