@@ -64,6 +64,10 @@ def test_runs_at_the_quick_size(tmp_path, capsys):
   assert _load_script().main(['--workdir', str(tmp_path), '--quick',
                               '--steps', '1', '--repeats', '1']) == 0
   out = capsys.readouterr().out
+  # The lower optimisation level of the initial state changes no weight.
+  assert re.search(r'initial state: compile and run [\d.]+ s at the default '
+                   r'XLA level, [\d.]+ s at level 1 .*identical weights: '
+                   r'True', out), out
   assert re.search(r'whole step, global batch \d+ over \d+ devices: compile '
                    r'[\d.]+ s, [\d.]+ steps/s', out), out
   flops = {m.group(1).strip(): float(m.group(2)) for m in re.finditer(

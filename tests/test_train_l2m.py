@@ -127,6 +127,32 @@ def test_he_init_matches_torch_kaiming_statistics():
   # Instance-norm affine parameters keep their init (not conv/dense).
   np.testing.assert_array_equal(out['norm']['bias'], 0.5)
   np.testing.assert_array_equal(out['norm']['scale'], 1.0)
+  # Kernels of the same shape are independent draws, not copies, and the
+  # draw depends on the key.
+  twin = train_l2m.he_init({'a': {'kernel': jnp.zeros((3, 3, 8, 8))},
+                            'b': {'kernel': jnp.zeros((3, 3, 8, 8))}},
+                           jax.random.key(0))
+  a, b = (np.asarray(twin[n]['kernel']).ravel() for n in 'ab')
+  assert abs(np.corrcoef(a, b)[0, 1]) < 0.1
+  other = train_l2m.he_init(params, jax.random.key(1))
+  assert not np.array_equal(other['conv']['kernel'], out['conv']['kernel'])
+
+
+def test_init_replicated_matches_the_default_compile():
+  # parallel.init_replicated compiles the initial state at a lower XLA
+  # optimisation level; the weights must be exactly those of a default jit.
+  config = tiny.get_config()
+  models = train_l2m.create_models(config)
+  init = functools.partial(train_l2m.create_train_state, config, models,
+                           jax.random.key(3))
+  mesh = parallel.make_mesh(2)
+  state = parallel.init_replicated(init, mesh)
+  reference = jax.jit(init)()
+  leaves, ref_leaves = jax.tree.leaves(state), jax.tree.leaves(reference)
+  assert len(leaves) == len(ref_leaves) > 50
+  for a, b in zip(leaves, ref_leaves):
+    assert a.sharding.is_fully_replicated and len(a.sharding.device_set) == 2
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.fast_compile
