@@ -303,7 +303,10 @@ def train_model(kind: str, images, targets, *, val_images=None,
   num_outputs = y.shape[1]
   model = SmallConvNet(num_outputs=num_outputs, width=width)
   rng = jax.random.key(seed)
-  params = model.init(rng, jnp.zeros((1,) + x.shape[1:], jnp.float32))
+  # Under jit: one compiled program instead of an op-by-op first init (the
+  # same values, a few seconds less on a CPU).
+  params = jax.jit(model.init)(rng, jnp.zeros((1,) + x.shape[1:],
+                                              jnp.float32))
   tx = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.05))
   opt_state = tx.init(params)
 
