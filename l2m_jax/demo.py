@@ -38,12 +38,10 @@ fresh workdir when changing training settings). Library INFO logging
 (orbax, clu, TensorFlow, parameter tables) is off unless --verbose.
 """
 
-import importlib
 import json
 import os
 import pathlib
 import sys
-import threading
 import time
 
 # TensorFlow's C++ notices are decided at import time.
@@ -891,7 +889,6 @@ def run_demo(config, workdir: str) -> dict:
   t_start = time.time()
   sf.check_attribute(config.demo.attribute, 'config.demo.attribute')
   _check_metric_settings(config)  # before the long stages
-  _import_in_background('l2m_jax.input_pipeline')  # TensorFlow, for stage 4
   work = pathlib.Path(workdir).resolve()
   work.mkdir(parents=True, exist_ok=True)
   _say(f'workdir {work}; device {jax.devices()[0].platform} '
@@ -935,26 +932,6 @@ def run_demo(config, workdir: str) -> dict:
   for line in summary_lines(metrics, work):
     print(line, flush=True)
   return metrics
-
-
-def _import_in_background(module: str) -> threading.Thread:
-  """Starts importing `module` in a daemon thread; returns the thread.
-
-  The GAN stage's input pipeline needs TensorFlow, whose import takes
-  about 8 s on a 2-core CPU; the first stages spend most of their first
-  seconds in XLA compilation, which leaves a core to the import. A failed
-  import is left for the stage that needs the module to report.
-  """
-  def target():
-    try:
-      importlib.import_module(module)
-    except Exception:  # pylint: disable=broad-except
-      pass  # imported again, and reported, where it is used
-
-  thread = threading.Thread(target=target, name=f'import {module}',
-                            daemon=True)
-  thread.start()
-  return thread
 
 
 def _quiet_libraries() -> None:

@@ -9,7 +9,6 @@ byte-identical metrics and grids.
 """
 
 import functools
-import importlib
 import importlib.util
 import json
 import os
@@ -346,22 +345,6 @@ def test_quick_demo_log_outputs_and_determinism(tmp_path):
   assert 'reusing' in verbose
   # absl's INFO lines: 'I' + month and day (e.g. I1202 06:51:11.262539 ...).
   assert re.search(r'^I\d{4} \d\d:\d\d:\d\d\.\d+ ', verbose, re.M), verbose[-2000:]
-
-
-def test_background_import_loads_the_module_and_keeps_failures_quiet(
-    tmp_path, monkeypatch):
-  (tmp_path / 'l2m_bg_probe.py').write_text('LOADED = True\n')
-  (tmp_path / 'l2m_bg_broken.py').write_text('raise ImportError("nope")\n')
-  monkeypatch.syspath_prepend(str(tmp_path))
-  for name in ('l2m_bg_probe', 'l2m_bg_broken'):
-    monkeypatch.delitem(sys.modules, name, raising=False)
-  demo._import_in_background('l2m_bg_probe').join(timeout=60)
-  assert sys.modules['l2m_bg_probe'].LOADED
-  thread = demo._import_in_background('l2m_bg_broken')
-  thread.join(timeout=60)
-  assert not thread.is_alive() and 'l2m_bg_broken' not in sys.modules
-  with pytest.raises(ImportError, match='nope'):  # reported where it is used
-    importlib.import_module('l2m_bg_broken')
 
 
 def test_demo_config_sizes():
