@@ -527,7 +527,7 @@ def per_device_batch_size(global_batch_size: int, mesh: jax.sharding.Mesh,
 # state in 13.0 s instead of 21.9 s with bit-identical weights (2-core CPU,
 # jax 0.10.2; docs/benchmarks.md), while level 0 changed 121 of 559 arrays in
 # their last bits. Exactness is checked by
-# tests/test_parallel.py::test_init_replicated_matches_the_default_compile.
+# tests/test_train_l2m.py::test_init_replicated_matches_the_default_compile.
 INIT_OPTIMIZATION_LEVEL = 1
 
 
