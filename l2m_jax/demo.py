@@ -42,6 +42,7 @@ import json
 import os
 import pathlib
 import sys
+import threading
 import time
 
 # TensorFlow's C++ notices are decided at import time.
@@ -123,6 +124,9 @@ def _to_float(u8: np.ndarray) -> np.ndarray:
 
 
 _FACES: dict = {}  # (num, size, seed, split[, attribute]) -> faces [counterfactuals]
+# The metric models' background thread (MetricModelsJob) reads them too: one
+# thread renders a set, the other waits for it.
+_FACES_LOCK = threading.Lock()
 
 
 def _faces(config, split: str) -> dict:
@@ -136,12 +140,13 @@ def _faces(config, split: str) -> dict:
   d = config.demo
   num = int(d.num_train if split == 'train' else d.num_val)
   key = (num, int(config.img_size), int(d.data_seed), split)
-  if key not in _FACES:
-    arrays = sf.generate_arrays(*key)
-    for a in arrays.values():
-      a.setflags(write=False)
-    _FACES[key] = arrays
-  return _FACES[key]
+  with _FACES_LOCK:
+    if key not in _FACES:
+      arrays = sf.generate_arrays(*key)
+      for a in arrays.values():
+        a.setflags(write=False)
+      _FACES[key] = arrays
+    return _FACES[key]
 
 
 def _counterfactuals(config, split: str) -> np.ndarray:
@@ -153,11 +158,12 @@ def _counterfactuals(config, split: str) -> np.ndarray:
   d = config.demo
   num = int(d.num_train if split == 'train' else d.num_val)
   key = (num, int(config.img_size), int(d.data_seed), split, d.attribute)
-  if key not in _FACES:
-    cf = sf.generate_counterfactuals(*key)
-    cf.setflags(write=False)
-    _FACES[key] = cf
-  return _FACES[key]
+  with _FACES_LOCK:
+    if key not in _FACES:
+      cf = sf.generate_counterfactuals(*key)
+      cf.setflags(write=False)
+      _FACES[key] = cf
+    return _FACES[key]
 
 
 def training_data_tag(config) -> str:
@@ -372,15 +378,16 @@ def regressor_training_set(config) -> tuple[np.ndarray, np.ndarray]:
           np.concatenate([train['identity'], train['identity']]))
 
 
-def train_metric_models(config, work: pathlib.Path, val: dict):
-  """Trains and saves the attribute classifier and identity regressor.
+def fit_metric_models(config, val: dict, gate=None):
+  """Trains the attribute classifier and the identity regressor.
 
   Both learn from the generated training faces (config.demo.num_train; the
   regressor also from their counterfactuals with
   demo.regressor_counterfactuals, `regressor_training_set`) and are scored
-  on the validation faces `val`; they are saved under <work>/metric_models/.
-  The classifier trains for demo.metric_steps, the regressor for
-  demo.regressor_steps; both start from `metric_seed(config)`.
+  on the validation faces `val`. The classifier trains for
+  demo.metric_steps, the regressor for demo.regressor_steps; both start from
+  `metric_seed(config)`. `gate` is passed to `editing_metrics.train_model`
+  (MetricModelsJob pauses there).
 
   Returns:
     ((c_apply, c_params, c_meta), (r_apply, r_params, r_meta)).
@@ -395,25 +402,110 @@ def train_metric_models(config, work: pathlib.Path, val: dict):
   labels = np.stack([train[a] for a in sf.ATTRIBUTES], axis=1)
   val_labels = np.stack([val[a] for a in sf.ATTRIBUTES], axis=1)
   quiet = not _verbose()
-  c_apply, c_params, c_meta = em.train_model(
+  classifier = em.train_model(
       'classifier', train['image'], labels, val_images=val['image'],
       val_targets=val_labels, steps=int(d.metric_steps),
       width=int(d.metric_width), seed=seed,
-      names=sf.ATTRIBUTES, log_every=0 if quiet else int(d.metric_steps) // 4)
+      names=sf.ATTRIBUTES, log_every=0 if quiet else int(d.metric_steps) // 4,
+      gate=gate)
   r_images, r_targets = regressor_training_set(config)
-  r_apply, r_params, r_meta = em.train_model(
+  regressor = em.train_model(
       'regressor', r_images, r_targets, val_images=val['image'],
       val_targets=val['identity'], steps=r_steps,
       width=int(d.metric_width), seed=seed,
-      names=sf.IDENTITY_NAMES, log_every=0 if quiet else r_steps // 4)
-  r_meta['training_set'] = {
+      names=sf.IDENTITY_NAMES, log_every=0 if quiet else r_steps // 4,
+      gate=gate)
+  regressor[2]['training_set'] = {
       'faces': int(d.num_train),
       'counterfactuals': bool(d.get('regressor_counterfactuals', False)),
       'steps': r_steps, 'seed': seed}
-  em.save_model(work / 'metric_models' / 'classifier', c_params, c_meta)
-  em.save_model(work / 'metric_models' / 'identity_regressor', r_params,
-                r_meta)
-  return (c_apply, c_params, c_meta), (r_apply, r_params, r_meta)
+  return classifier, regressor
+
+
+def save_metric_models(work: pathlib.Path, classifier, regressor) -> None:
+  """Saves `fit_metric_models`' models under <work>/metric_models/."""
+  from l2m_jax.evaluation import editing_metrics as em  # pylint: disable=g-import-not-at-top
+  em.save_model(work / 'metric_models' / 'classifier', *classifier[1:])
+  em.save_model(work / 'metric_models' / 'identity_regressor',
+                *regressor[1:])
+
+
+def train_metric_models(config, work: pathlib.Path, val: dict):
+  """`fit_metric_models`, then `save_metric_models` under `work`."""
+  classifier, regressor = fit_metric_models(config, val)
+  save_metric_models(work, classifier, regressor)
+  return classifier, regressor
+
+
+class _Cancelled(Exception):
+  """Raised at a MetricModelsJob's gate when the job is cancelled."""
+
+
+class MetricModelsJob:
+  """`fit_metric_models` in a background thread, paused on request.
+
+  The evaluation's attribute classifier and identity regressor depend on
+  the generated faces only, not on the GAN, so the demo starts them after
+  stage 1. Stages 2 to 4 leave a core idle for long stretches (compiling a
+  program is single-threaded) where the models can train; the GAN's steps
+  keep both cores busy, so the demo pauses the job at the GAN's first step
+  and resumes it when training ends. The trained values are those of
+  `fit_metric_models` in the main thread (the same programs on the same
+  inputs; tests/test_demo.py).
+  """
+
+  def __init__(self, config):
+    self._config = config.copy_and_resolve_references()
+    self._run = threading.Event()
+    self._run.set()
+    self._cancelled = False
+    self._result = self._error = None
+    self.busy_s = 0.0  # seconds from the start to the end of the training
+    self._thread = threading.Thread(target=self._main, name='metric-models',
+                                    daemon=True)
+    self._thread.start()
+
+  def _gate(self) -> None:
+    self._run.wait()
+    if self._cancelled:
+      raise _Cancelled()
+
+  def _main(self) -> None:
+    t = time.time()
+    try:
+      self._result = fit_metric_models(
+          self._config, _faces(self._config, 'val'), gate=self._gate)
+    except _Cancelled:
+      pass
+    except BaseException as e:  # pylint: disable=broad-except
+      self._error = e  # re-raised by result() in the main thread
+    self.busy_s = time.time() - t
+
+  def pause(self, *unused_args) -> None:
+    """Stops the job at its next step (a hook: takes and ignores a step)."""
+    self._run.clear()
+
+  def resume(self) -> None:
+    self._run.set()
+
+  def done(self) -> bool:
+    return not self._thread.is_alive()
+
+  def cancel(self) -> None:
+    """Ends the job at its next step and waits for the thread."""
+    self._cancelled = True
+    self._run.set()
+    self._thread.join()
+
+  def result(self):
+    """Resumes the job, waits for it and returns `fit_metric_models`'."""
+    self.resume()
+    self._thread.join()
+    if self._error is not None:
+      raise self._error
+    if self._result is None:
+      raise RuntimeError('the metric models\' job was cancelled')
+    return self._result
 
 
 def compute_metrics(config, val: dict, sweep: np.ndarray,
@@ -574,7 +666,8 @@ def write_outputs(config, work: pathlib.Path, x: np.ndarray, y: np.ndarray,
 
 
 def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
-             timings: dict | None = None, extra: dict | None = None) -> dict:
+             timings: dict | None = None, extra: dict | None = None,
+             metric_models: MetricModelsJob | None = None) -> dict:
   """Stages 5-6: edits, editing metrics, metrics.json, grid, edits.npz.
 
   Args:
@@ -585,6 +678,8 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
     checkpoint: an EMA export (format 'l2m_gan') of the trained model.
     timings: seconds spent in the earlier stages, copied into the JSON.
     extra: more entries for metrics.json (e.g. the landmark network's error).
+    metric_models: a MetricModelsJob started earlier for this config (its
+      models are awaited and saved); None trains them here.
 
   Returns:
     The metrics dict (also written to <workdir>/metrics.json).
@@ -618,11 +713,21 @@ def evaluate(config, workdir: str, checkpoint: str | os.PathLike,
 
   cf_note = (' and their counterfactuals'
              if d.get('regressor_counterfactuals', False) else '')
-  _say(f'    training the attribute classifier ({d.metric_steps} steps) and '
-       f'the identity regressor ({d.get("regressor_steps", d.metric_steps)} '
-       f'steps) on the generated training faces{cf_note}')
+  what = (f'the attribute classifier ({d.metric_steps} steps) and the '
+          f'identity regressor ({d.get("regressor_steps", d.metric_steps)} '
+          f'steps) on the generated training faces{cf_note}')
   t = time.time()
-  classifier, regressor = train_metric_models(config, work, val)
+  if metric_models is None:
+    _say(f'    training {what}')
+    classifier, regressor = fit_metric_models(config, val)
+  else:
+    _say('    ' + ('the metric models trained in the background: '
+                     if metric_models.done() else
+                     'finishing the metric models started in the background: ')
+         + what)
+    classifier, regressor = metric_models.result()
+    timings['metric_models_job_s'] = metric_models.busy_s
+  save_metric_models(work, classifier, regressor)
   timings['metric_models_s'] = time.time() - t
   t = time.time()
   exact_u8 = _counterfactuals(config, 'val')
@@ -883,7 +988,6 @@ def run_demo(config, workdir: str) -> dict:
   its checkpoint ends the demo there, with a line saying how to continue,
   and returns {'stopped_at_step', 'total_iters'}; nothing is evaluated.
   """
-  from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
   from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
 
   t_start = time.time()
@@ -900,6 +1004,19 @@ def run_demo(config, workdir: str) -> dict:
   timings['data_s'] = time.time() - t
   _say(f'    data {"reused" if info.get("reused") else "ready"} in '
        f'{timings["data_s"]:.1f}s: {info["counts"]}')
+  # The metric models need only the data: they train in the background,
+  # paused while the GAN's steps run (MetricModelsJob).
+  job = MetricModelsJob(config)
+  try:
+    return _stages_2_to_6(config, work, t_start, timings, extra, job)
+  finally:
+    job.cancel()  # ends the thread when a stage stopped early or failed
+
+
+def _stages_2_to_6(config, work: pathlib.Path, t_start: float, timings: dict,
+                   extra: dict, job: MetricModelsJob) -> dict:
+  """run_demo after stage 1."""
+  from l2m_jax import train_l2m  # pylint: disable=g-import-not-at-top
   t = time.time()
   extra['landmark_net'] = train_landmarks(config, str(work))
   timings['landmarks_s'] = time.time() - t
@@ -912,8 +1029,10 @@ def run_demo(config, workdir: str) -> dict:
        f'{config.batch_size}; compiling the training step first (a minute '
        f'or two on an idle 2-core CPU); TensorBoard: {work / "train"}')
   t = time.time()
-  state = train_l2m.train_and_evaluate(config, str(work / 'train'),
-                                       hooks=(Progress('training', total),))
+  state = train_l2m.train_and_evaluate(
+      config, str(work / 'train'),
+      hooks=(Progress('training', total), job.pause))
+  job.resume()
   timings['train_s'] = time.time() - t
   reached = int(np.asarray(jax.device_get(state.step)))
   if reached < total:
@@ -927,7 +1046,7 @@ def run_demo(config, workdir: str) -> dict:
   _say(f'    training done in {_fmt_s(timings["train_s"])}')
   ckpt = work / 'train' / 'ema_export'
 
-  metrics = evaluate(config, str(work), ckpt, timings, extra)
+  metrics = evaluate(config, str(work), ckpt, timings, extra, job)
   _say(f'done in {_fmt_s(time.time() - t_start)}')
   for line in summary_lines(metrics, work):
     print(line, flush=True)

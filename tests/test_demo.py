@@ -192,6 +192,69 @@ def test_regressor_training_set_and_metric_settings():
       demo.run_demo(bad, '/nonexistent/never-made')
 
 
+def test_metric_models_job_pauses_and_matches_the_main_thread():
+  """The background job trains the same models as the main thread, even
+  paused and resumed mid-way while the main thread runs other programs; a
+  paused job runs nothing; errors and cancellation reach the caller."""
+  config = demo_config.get_config('quick')
+  config.demo.metric_steps, config.demo.regressor_steps = 12, 15
+  val = demo._faces(config, 'val')  # pylint: disable=protected-access
+  ref = demo.fit_metric_models(config, val)
+
+  steps = []
+  original = em.train_model
+
+  def counting(kind, *args, gate=None, **kwargs):
+    def counted():
+      gate()
+      steps.append(kind)
+    return original(kind, *args, gate=counted, **kwargs)
+
+  em.train_model, saved = counting, em.train_model
+  try:
+    job = demo.MetricModelsJob(config)
+    deadline = time.time() + 120
+    while not steps and time.time() < deadline:
+      time.sleep(0.01)
+    job.pause()
+    time.sleep(0.5)  # the step that passed the gate finishes
+    paused_at = len(steps)
+    # Another program in the main thread meanwhile.
+    jax.block_until_ready(jax.jit(lambda v: v @ v.T)(jax.numpy.ones((64, 64))))
+    time.sleep(1.0)
+    assert len(steps) == paused_at and not job.done()
+    assert 0 < paused_at < 27
+    got = job.result()
+  finally:
+    em.train_model = saved
+  assert steps == ['classifier'] * 12 + ['regressor'] * 15
+  for (_, p_ref, m_ref), (_, p_got, m_got) in zip(ref, got):
+    for a, b in zip(jax.tree.leaves(p_ref), jax.tree.leaves(p_got)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    m_ref, m_got = dict(m_ref), dict(m_got)
+    m_ref.pop('train_seconds'), m_got.pop('train_seconds')
+    assert m_ref == m_got
+  assert job.busy_s > 0
+
+  cancelled = demo.MetricModelsJob(config)
+  cancelled.pause()
+  cancelled.cancel()
+  assert cancelled.done()
+  with pytest.raises(RuntimeError, match='cancelled'):
+    cancelled.result()
+  def failing(kind, *args, **kwargs):
+    if kind == 'regressor':
+      raise ValueError('regressor failed here')
+    return original(kind, *args, **kwargs)
+
+  em.train_model = failing
+  try:
+    with pytest.raises(ValueError, match='regressor failed here'):
+      demo.MetricModelsJob(config).result()
+  finally:
+    em.train_model = saved
+
+
 def test_demo_stages_smoke(tmp_path, capsys):
   """Every stage but the GAN training loop; metrics recomputed from files."""
   config = demo_config.get_config('quick')

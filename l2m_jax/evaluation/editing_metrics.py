@@ -272,7 +272,9 @@ def train_model(kind: str, images, targets, *, val_images=None,
                 val_targets=None, steps: int = 400, batch_size: int = 64,
                 lr: float = 2e-3, width: int = 16, seed: int = 0,
                 noise_std: float = 0.05, log_every: int = 100,
-                names: Sequence[str] = ()) -> tuple[ApplyFn, Any, dict]:
+                names: Sequence[str] = (),
+                gate: Callable[[], Any] | None = None
+                ) -> tuple[ApplyFn, Any, dict]:
   """Trains a SmallConvNet classifier or regressor with optax Adam.
 
   Args:
@@ -286,6 +288,11 @@ def train_model(kind: str, images, targets, *, val_images=None,
       so the model tolerates a generator's small artefacts.
     log_every: progress interval, steps.
     names: output names stored in the meta (attributes or identity names).
+    gate: optional callable run before every step; it may block (a
+      background trainer pauses there) or raise to stop the training. With a
+      gate each step finishes before the next one is dispatched, so that a
+      paused trainer leaves no work queued. The trained values are the same
+      with or without it.
 
   Returns:
     (apply_fn, params, meta) where meta has the config and the held-out
@@ -330,7 +337,12 @@ def train_model(kind: str, images, targets, *, val_images=None,
   np_rng = np.random.default_rng(seed)
   t0 = time.time()
   batch_size = min(batch_size, len(x))
+  loss = None
   for i in range(steps):
+    if gate is not None:
+      if loss is not None:
+        jax.block_until_ready(loss)
+      gate()
     idx = np_rng.choice(len(x), batch_size, replace=False)
     params, opt_state, loss = step(params, opt_state, jnp.asarray(x[idx]),
                                    jnp.asarray(y[idx]),
