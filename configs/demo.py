@@ -3,10 +3,10 @@
 Derives from configs/l2m_celebahq.py (the paper settings) and shrinks it to
 32-px generated faces and narrow networks. A whole demo (data, the two helper
 networks, 1200 GAN steps, metrics) takes 10 to 20 minutes on a quiet 2-core
-CPU, depending on the machine's state (docs/demo.md: 12 min 38 s at 2.0
-steps/s; 9 min 27 s in its fast state with the 400-step identity regressor of
-an earlier version, 17 min 35 s in its slow state; the GAN is most of it, 1.3
-to 2.6 steps/s over 2 CPU devices).
+CPU, depending on the machine's state (docs/demo.md: 10 min 46 s at 2.0 to
+2.5 steps/s; 9 min 27 s in its fast state with the 400-step identity
+regressor of an earlier version, 17 min 35 s in its slow state; the GAN is
+most of it, 1.3 to 2.6 steps/s over 2 CPU devices).
 Run:
 
   python3 -m l2m_jax.demo --workdir=runs/demo
