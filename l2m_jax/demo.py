@@ -430,13 +430,6 @@ def save_metric_models(work: pathlib.Path, classifier, regressor) -> None:
                 *regressor[1:])
 
 
-def train_metric_models(config, work: pathlib.Path, val: dict):
-  """`fit_metric_models`, then `save_metric_models` under `work`."""
-  classifier, regressor = fit_metric_models(config, val)
-  save_metric_models(work, classifier, regressor)
-  return classifier, regressor
-
-
 class _Cancelled(Exception):
   """Raised at a MetricModelsJob's gate when the job is cancelled."""
 
@@ -518,7 +511,7 @@ def compute_metrics(config, val: dict, sweep: np.ndarray,
     val: the validation faces (`synthetic_faces.generate_arrays`).
     sweep: float32 [D, N, S, S, 3] edits, one per degree in `degrees`.
     exact: float32 [N, S, S, 3] exact counterfactuals of the val faces.
-    classifier, regressor: `(apply, params, meta)` of `train_metric_models`.
+    classifier, regressor: `(apply, params, meta)` of `fit_metric_models`.
 
   Returns:
     (results, references, factors): `editing_metrics.evaluate_edits` of the
