@@ -45,6 +45,13 @@ import sys
 import threading
 import time
 
+from l2m_jax import host_memory  # imports no JAX  # pylint: disable=g-bad-import-order
+
+# glibc reads its malloc tunables at process start: the CLI re-executes
+# itself once with transparent huge pages on (l2m_jax/host_memory.py).
+if __name__ == '__main__':
+  host_memory.reexec_with_huge_pages()
+
 # TensorFlow's C++ notices are decided at import time.
 if '--verbose' not in sys.argv and '--verbose=true' not in sys.argv:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -988,8 +995,9 @@ def run_demo(config, workdir: str) -> dict:
   _check_metric_settings(config)  # before the long stages
   work = pathlib.Path(workdir).resolve()
   work.mkdir(parents=True, exist_ok=True)
-  _say(f'workdir {work}; device {jax.devices()[0].platform} '
-       f'x{jax.device_count()}')
+  platform = jax.devices()[0].platform
+  _say(f'workdir {work}; device {platform} x{jax.device_count()}' +
+       (f'; {host_memory.status()}' if platform == 'cpu' else ''))
   timings, extra = {}, {}
 
   t = time.time()

@@ -20,10 +20,17 @@ diverged (NaN/inf; nothing non-finite saved), 1 a bug (traceback).
 import os
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+from l2m_jax import host_memory  # imports no JAX  # pylint: disable=g-bad-import-order
+
+# glibc reads its malloc tunables at process start: the CLI re-executes
+# itself once with transparent huge pages on (l2m_jax/host_memory.py).
+if __name__ == '__main__':
+  host_memory.reexec_with_huge_pages()
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from l2m_jax import cli
 
@@ -71,9 +78,9 @@ def main(argv):
           int(os.environ['JAX_PROCESS_ID']))
     else:
       jax.distributed.initialize()  # SLURM / TPU / MPI auto-detection
-  logging.info('JAX process %d / %d; local devices %s; %d devices in all',
+  logging.info('JAX process %d / %d; local devices %s; %d devices in all; %s',
                jax.process_index(), jax.process_count(), jax.local_devices(),
-               jax.device_count())
+               jax.device_count(), host_memory.status())
   if method == 'l2l':
     from l2m_jax import train_l2l as trainer  # pylint: disable=g-import-not-at-top
   else:

@@ -37,9 +37,16 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_util
 
+# As the training CLIs: malloc with transparent huge pages on a CPU
+# (l2m_jax/host_memory.py; L2M_JAX_HUGE_PAGES=0 measures without).
+if __name__ == '__main__':
+  from l2m_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.reexec_with_huge_pages()
+
 import argparse  # pylint: disable=g-import-not-at-top,wrong-import-position
 import functools  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
+import resource  # pylint: disable=g-import-not-at-top,wrong-import-position
 import time  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import bench_util  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -137,6 +144,7 @@ def main(argv=None) -> int:
             f'devices, not {devices}', flush=True)
   import numpy as np  # pylint: disable=g-import-not-at-top
   from l2m_jax import editing  # pylint: disable=g-import-not-at-top
+  from l2m_jax import host_memory  # pylint: disable=g-import-not-at-top,redefined-outer-name
   from l2m_jax import l2m_frozen  # pylint: disable=g-import-not-at-top
   from l2m_jax import losses  # pylint: disable=g-import-not-at-top
   from l2m_jax import parallel  # pylint: disable=g-import-not-at-top
@@ -179,7 +187,7 @@ def main(argv=None) -> int:
       'y_src': (np.arange(batch) % 2).astype(np.int32),
       'y_trg': (1 - np.arange(batch) % 2).astype(np.int32)}
   print(f'{jax.device_count()} {jax.devices()[0].platform} devices; '
-        f'load {os.getloadavg()}; XLA_FLAGS='
+        f'{host_memory.status()}; load {os.getloadavg()}; XLA_FLAGS='
         f'{os.environ.get("XLA_FLAGS", "")!r}; overrides {overrides}',
         flush=True)
 
@@ -195,6 +203,7 @@ def main(argv=None) -> int:
     dstate, _ = compiled(dstate, compiled.put_batch(host_batch), frozen_dev)
   jax.block_until_ready(dstate)
   t0, c0 = time.perf_counter(), time.process_time()
+  r0 = resource.getrusage(resource.RUSAGE_SELF)
   window = parallel.DispatchWindow()  # as the training loop dispatches
   for _ in range(args.steps):
     dstate, metrics = compiled(dstate, compiled.put_batch(host_batch),
@@ -203,9 +212,13 @@ def main(argv=None) -> int:
   compiled.get_metrics(metrics)
   jax.block_until_ready(dstate)
   wall = time.perf_counter() - t0
+  r1 = resource.getrusage(resource.RUSAGE_SELF)
   print(f'whole step, global batch {batch} over {mesh.devices.size} devices: '
         f'compile {compile_s:.1f} s, {args.steps / wall:.2f} steps/s, '
-        f'CPU/wall {(time.process_time() - c0) / wall:.2f}', flush=True)
+        f'CPU/wall {(time.process_time() - c0) / wall:.2f} (kernel '
+        f'{(r1.ru_stime - r0.ru_stime) / wall:.2f}), '
+        f'{(r1.ru_minflt - r0.ru_minflt) / args.steps:.0f} page faults/step',
+        flush=True)
 
   # Its parts, on one device at the per-device batch.
   per = batch // mesh.devices.size

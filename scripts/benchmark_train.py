@@ -34,6 +34,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_util
 
+# As the training CLIs: malloc with transparent huge pages on a CPU
+# (l2m_jax/host_memory.py; L2M_JAX_HUGE_PAGES=0 measures without).
+if __name__ == '__main__':
+  from l2m_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.reexec_with_huge_pages()
+
 import argparse  # pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
 import concurrent.futures  # pylint: disable=g-import-not-at-top,wrong-import-position
 import time  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -27,6 +27,7 @@ from PIL import Image
 from configs import demo as demo_config
 from l2m_jax import demo
 from l2m_jax import editing
+from l2m_jax import host_memory
 from l2m_jax import l2m_export
 from l2m_jax import l2m_frozen
 from l2m_jax import train_l2m
@@ -379,6 +380,10 @@ def test_quick_demo_log_outputs_and_determinism(tmp_path):
   assert 'compiling' in log
   # The CLI splits the CPU into config.demo.cpu_devices devices.
   assert f'device cpu x{demo_config.get_config("quick").demo.cpu_devices}' in log
+  # ... and re-executes itself with malloc huge pages where glibc can.
+  assert ('malloc huge pages on' in log) == (
+      host_memory.why_not() is None and
+      'glibc.malloc.hugetlb' not in os.environ.get('GLIBC_TUNABLES', '')), log
   assert 'training: 2/2 (100%)' in log or 'first step done' in log
   assert len(lines) < 60, log
   for noise in ('INFO', 'orbax', 'parameter', 'I0000', 'cpu_feature_guard'):
