@@ -143,10 +143,16 @@ def _faces(config, split: str) -> dict:
   rendering 2000 faces takes a few seconds each time. The arrays are
   read-only, so that no stage can change what the next one sees.
   """
-  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
   d = config.demo
   num = int(d.num_train if split == 'train' else d.num_val)
-  key = (num, int(config.img_size), int(d.data_seed), split)
+  return _rendered_faces(num, int(config.img_size), int(d.data_seed), split)
+
+
+def _rendered_faces(num: int, image_size: int, seed: int, split: str
+                    ) -> dict:
+  """`synthetic_faces.generate_arrays`, rendered once per process."""
+  from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
+  key = (int(num), int(image_size), int(seed), split)
   with _FACES_LOCK:
     if key not in _FACES:
       arrays = sf.generate_arrays(*key)
@@ -199,7 +205,8 @@ def generate_data(config, workdir: str) -> dict:
   info = synthetic_faces_folders.export_folder_layout(
       work / 'data', d.attribute, image_size=size, num_train=d.num_train,
       num_val=d.num_val, seed=d.data_seed, overwrite=True,
-      progress=lambda m: _say(f'    {m}'))
+      progress=lambda m: _say(f'    {m}'),
+      generate=_rendered_faces)  # the later stages reuse the rendered faces
   config.data_dir = str(work / 'data')
   config.training_data = training_data_tag(config)
   return info
