@@ -2,11 +2,11 @@
 
 Derives from configs/l2m_celebahq.py (the paper settings) and shrinks it to
 32-px generated faces and narrow networks. A whole demo (data, the two helper
-networks, 1200 GAN steps, metrics) takes 10 to 20 minutes on a quiet 2-core
-CPU, depending on the machine's state (docs/demo.md: 10 min 46 s at 2.0 to
-2.5 steps/s; 9 min 27 s in its fast state with the 400-step identity
-regressor of an earlier version, 17 min 35 s in its slow state; the GAN is
-most of it, 1.3 to 2.6 steps/s over 2 CPU devices).
+networks, 1200 GAN steps, metrics) takes about 10 minutes on a quiet 2-core
+CPU, more in the machine's slow states (docs/demo.md: 9 min 55 s to 10 min
+8 s in three runs at 2.0 to 2.8 steps/s; 15 to 20 minutes in the slow states
+of earlier days; the GAN is most of it, 1.3 to 2.8 steps/s over 2 CPU
+devices).
 Run:
 
   python3 -m l2m_jax.demo --workdir=runs/demo
