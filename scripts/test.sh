@@ -17,6 +17,12 @@ if ! cmp -s requirements-nodeps.txt "$test_deps/.installed-requirements"; then
   cp requirements-nodeps.txt "$test_deps/.installed-requirements"
 fi
 export PYTHONPATH="$test_deps${PYTHONPATH:+:$PYTHONPATH}"
+# malloc with transparent huge pages (glibc 2.35 or later; older ones ignore the
+# name), as the training CLIs run (l2m_jax/host_memory.py); a value already
+# given for the tunable is kept.
+if [[ ":${GLIBC_TUNABLES:-}" != *":glibc.malloc.hugetlb="* ]]; then
+  export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1"
+fi
 set +e
 # Two workers (pytest-xdist) keep both cores busy: one compiles while the other
 # runs; tests/conftest.py groups the modules that share expensive fixtures.
