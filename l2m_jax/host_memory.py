@@ -8,8 +8,8 @@ memory anew in 4 KiB pages: about 40,000 page faults per step on 2 devices,
 and about a tenth of the CPU time spent in the kernel. glibc's tunable
 `glibc.malloc.hugetlb=1` (glibc 2.35 and later) makes malloc ask for
 transparent huge pages (`madvise(MADV_HUGEPAGE)`) for such blocks, so they
-fault in 2 MiB at a time (docs/benchmarks.md: the demo's step about 12%
-faster on the 2-core CPU, the same results bit for bit).
+fault in 2 MiB at a time (docs/benchmarks.md: the demo's step about 10%
+faster on the 2-core CPU on average, the same results bit for bit).
 
 glibc reads its tunables once, when the process starts, so an entry point
 that wants them re-executes itself with `GLIBC_TUNABLES` extended:
