@@ -105,7 +105,9 @@ def status(environ=None) -> str:
     if name == TUNABLE:
       if value.strip() in ('', '0'):
         return f'malloc huge pages off ({entry})'
-      return 'malloc huge pages on'
+      reason = why_not({})  # the platform's reasons (the env switch aside)
+      return (f'malloc huge pages off ({entry} has no effect: {reason})'
+              if reason else 'malloc huge pages on')
   return f'malloc huge pages off ({why_not(env) or "not requested"})'
 
 
