@@ -1012,6 +1012,12 @@ def run_demo(config, workdir: str) -> dict:
   timings['data_s'] = time.time() - t
   _say(f'    data {"reused" if info.get("reused") else "ready"} in '
        f'{timings["data_s"]:.1f}s: {info["counts"]}')
+  # TensorFlow Datasets imports parts of itself under etils'
+  # `epy.lazy_imports()`, which swaps `builtins.__import__` for the whole
+  # process meanwhile: an import statement run by another thread then fails
+  # or yields a stub module. So the input pipeline (TensorFlow, TFDS) is
+  # imported before the metric models' thread starts.
+  from l2m_jax import input_pipeline  # pylint: disable=g-import-not-at-top,unused-import
   # The metric models need only the data: they train in the background,
   # paused while the GAN's steps run (MetricModelsJob).
   job = MetricModelsJob(config)
