@@ -485,3 +485,63 @@ def test_quick_demo_sigterm_then_rerun_finishes(tmp_path):
   assert 'reusing' in log2 and 'training done' in log2, log2[-3000:]
   metrics = json.loads((tmp_path / 'metrics.json').read_text())
   assert metrics['train_steps'] == 300
+
+
+_IMPORT_ORDER_SCRIPT = r'''
+import contextlib, sys, threading
+from etils import epy
+windows = []
+_lazy = epy.lazy_imports
+
+
+@contextlib.contextmanager
+def recording(*args, **kwargs):
+  windows.append(threading.current_thread().name)
+  with _lazy(*args, **kwargs):
+    yield
+
+
+epy.lazy_imports = recording
+from l2m_jax import demo
+from configs import demo as demo_config
+
+
+class Started(Exception):
+  pass
+
+
+class Job:
+  def __init__(self, config):
+    # Every window in which TFDS swaps builtins.__import__ is over.
+    print('windows before the job:', len(windows), flush=True)
+    print('tfds imported:', 'tensorflow_datasets' in sys.modules, flush=True)
+    raise Started()
+
+  def cancel(self):
+    pass
+
+
+demo.MetricModelsJob = Job
+try:
+  demo.run_demo(demo_config.get_config('quick'), sys.argv[1])
+except Started:
+  print('job started', flush=True)
+'''
+
+
+def test_tfds_is_imported_before_the_metric_models_thread(tmp_path):
+  # TFDS imports parts of itself under etils' lazy_imports, which replaces
+  # builtins.__import__ for every thread meanwhile; a thread importing then
+  # failed (seen: PIL and jax imports in the metric models' job). The demo
+  # imports the input pipeline before starting the job.
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  out = subprocess.run(
+      [sys.executable, '-c', _IMPORT_ORDER_SCRIPT, str(tmp_path / 'w')],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.splitlines()
+  assert 'job started' in lines, out.stdout
+  assert 'tfds imported: True' in lines, out.stdout
+  windows = int(next(l for l in lines if l.startswith('windows before'))
+                .split(':')[1])
+  assert windows > 0, out.stdout  # the swaps happened, and before the job
