@@ -536,8 +536,18 @@ def init_replicated(init_fn: Callable[..., Any], mesh: jax.sharding.Mesh,
   """Runs `init_fn(*args)` under jit with replicated outputs ([BV] style).
 
   Compiled at XLA backend optimisation level `INIT_OPTIMIZATION_LEVEL`.
+  The outputs carry no weak types (a counter such as flax's
+  `TrainState.step = 0` would), as a restored state carries none: a step
+  compiled for one serves the other (`CompiledStep.compile_in_background`).
   """
-  lowered = jax.jit(init_fn, out_shardings=replicated_sharding(mesh)).lower(
+  def strong(*a):
+    def one(x):
+      x = jax.numpy.asarray(x)  # Python scalars too
+      weak = getattr(getattr(x, 'aval', x), 'weak_type', False)
+      return jax.lax.convert_element_type(x, x.dtype) if weak else x
+    return jax.tree.map(one, init_fn(*a))
+
+  lowered = jax.jit(strong, out_shardings=replicated_sharding(mesh)).lower(
       *args)
   options = {'xla_backend_optimization_level': INIT_OPTIMIZATION_LEVEL}
   return lowered.compile(compiler_options=options)(*args)
@@ -609,6 +619,51 @@ class CompiledStep:
     fn = self.fn if lower is None else lower(state, batch, *args).compile()
     sync('step_compiled')
     return dataclasses.replace(self, fn=fn)
+
+  def compile_in_background(self, state, batch, *args) -> 'BackgroundCompile':
+    """Starts lowering and compiling the step in a thread, now.
+
+    The inputs may be arrays or `jax.ShapeDtypeStruct`s with their
+    shardings. A later `compile_ahead` with inputs of the same shapes,
+    dtypes, weak types and shardings finds the executable in JAX's caches
+    and compiles nothing; with others it compiles as it would have. So the
+    step's tracing and XLA compilation (tens of seconds for a GAN on a CPU)
+    overlap whatever the caller does meanwhile: initialising or restoring
+    the state, building the input pipeline. Only the jit (shard_map) layout
+    has ahead-of-time lowering; for pmap nothing is started.
+    """
+    return BackgroundCompile(self, state, batch, *args)
+
+
+class BackgroundCompile:
+  """A step's ahead-of-time compilation running in a daemon thread.
+
+  `wait()` joins it. An error in the thread is not raised there: the
+  `compile_ahead` that follows meets the same inputs and raises it with
+  the caller's stack (or succeeds, when the inputs differ).
+  """
+
+  def __init__(self, step: CompiledStep, state, batch, *args):
+    import threading  # pylint: disable=g-import-not-at-top
+    self.error: BaseException | None = None
+    lower = getattr(step.fn, 'lower', None)
+    self._thread = None
+    if step.mode != 'shard_map' or lower is None:
+      return
+
+    def run():
+      try:
+        lower(state, batch, *args).compile()
+      except BaseException as e:  # pylint: disable=broad-except
+        self.error = e
+
+    self._thread = threading.Thread(target=run, name='step-compile',
+                                    daemon=True)
+    self._thread.start()
+
+  def wait(self) -> None:
+    if self._thread is not None:
+      self._thread.join()
 
 
 def compile_step(step_fn: Callable[..., Any], mesh: jax.sharding.Mesh,

@@ -213,8 +213,15 @@ def _siblings(flat, path):
 
 
 def create_train_state(config: ml_collections.ConfigDict, models: Models,
-                       rng: jax.Array) -> L2MTrainState:
+                       rng: jax.Array,
+                       tx: optax.GradientTransformation | None = None
+                       ) -> L2MTrainState:
   """He-initialised G, E, D with fresh Adam states and the EMA copies.
+
+  `tx` defaults to `make_optimizer(config)`. The optimizer is part of the
+  state's tree structure (a static field of each TrainState): states that
+  share one `tx` object have equal structures, so a step compiled for one
+  serves the other without tracing again.
 
   Deviation from PyTorch: the EMA starts from the He-initialised weights
   (StarGAN v2 copies the nets before `he_init`); the difference decays as
@@ -229,7 +236,7 @@ def create_train_state(config: ml_collections.ConfigDict, models: Models,
   e = models.style_encoder.init(k[1], x, y, y)['params']
   d = models.discriminator.init(k[2], x, y)['params']
   g, e, d = he_init(g, k[3]), he_init(e, k[4]), he_init(d, k[5])
-  tx = make_optimizer(config)
+  tx = make_optimizer(config) if tx is None else tx
   return L2MTrainState(
       step=jnp.zeros((), jnp.int32),
       rng=jax.random.key_data(k[6]),
@@ -386,6 +393,35 @@ def train_step(state: L2MTrainState, batch: Mapping[str, jax.Array],
   return new_state, _pmean({**d_metrics, **g_metrics})
 
 
+def abstract_state(init_fn: Callable[[], Any], mesh: jax.sharding.Mesh
+                   ) -> Any:
+  """The train state's shapes and dtypes, replicated over `mesh`.
+
+  Weak types are dropped: a restored state has none, and an initialised
+  one is made alike (`training.restore_or_init`), so that the step compiled
+  for these inputs serves both.
+  """
+  rep = parallel.replicated_sharding(mesh)
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+      jax.eval_shape(init_fn))
+
+
+def abstract_batch(config: ml_collections.ConfigDict,
+                   mesh: jax.sharding.Mesh) -> dict[str, Any]:
+  """Shapes, dtypes and sharding of the global training batch.
+
+  As `input_pipeline.train_dataset` yields it and `parallel.shard_batch`
+  places it.
+  """
+  size, batch = int(config.img_size), int(config.batch_size)
+  data = parallel.data_sharding(mesh)
+  label = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=data)
+  return {'x_src': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32,
+                                        sharding=data),
+          'y_src': label, 'y_trg': label}
+
+
 def compile_train_step(config: ml_collections.ConfigDict, models: Models,
                        mesh: jax.sharding.Mesh) -> parallel.CompiledStep:
   """train_step compiled for `mesh` with config.parallel."""
@@ -514,7 +550,8 @@ def _train_and_evaluate(config, workdir, preempt, hooks=()):
   frozen = l2m_frozen.load_frozen(config, jax.random.fold_in(rng, 1))
 
   init_fn = functools.partial(create_train_state, config, models,
-                              jax.random.fold_in(rng, 0))
+                              jax.random.fold_in(rng, 0),
+                              tx=make_optimizer(config))
   meta_out = {'config': config.to_dict(), 'domains': domain_names,
               'num_devices': int(mesh.devices.size),
               'model_config': models.model_config.to_dict()}
@@ -530,6 +567,12 @@ def _loop(config, workdir, mngr, models, frozen, init_fn, mesh, meta_out,
   from clu import parameter_overview  # pylint: disable=g-import-not-at-top
   from l2m_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   main = parallel.is_main_process()
+  compiled = compile_train_step(config, models, mesh)
+  frozen_dev = compiled.put_args(frozen)
+  # The step compiles while the state initialises or restores and the
+  # input pipeline starts (train_loop's compile_ahead then finds it done).
+  background = compiled.compile_in_background(
+      abstract_state(init_fn, mesh), abstract_batch(config, mesh), frozen_dev)
   state, meta, start = training.restore_or_init(mngr, init_fn, mesh,
                                                 check_meta)
   writer = training.create_writer(workdir, just_logging=not main)
@@ -539,8 +582,6 @@ def _loop(config, workdir, mngr, models, frozen, init_fn, mesh, meta_out,
       parameter_overview.log_parameter_overview(
           parallel.unreplicate_to_host(getattr(state, name).params))
 
-  compiled = compile_train_step(config, models, mesh)
-  frozen_dev = compiled.put_args(frozen)
   frozen_host = parallel.unreplicate_to_host(frozen)
   save_samples = l2m_hooks.SampleSaver(config, models, frozen_host, workdir,
                                        writer)
@@ -566,6 +607,7 @@ def _loop(config, workdir, mngr, models, frozen, init_fn, mesh, meta_out,
   batches = parallel.prefetch(input_pipeline.train_iterator(config, start),
                               compiled.put_batch,
                               int(config.get('device_prefetch', 2)))
+  background.wait()
   return training.train_loop(
       compiled, state, batches, frozen_dev, start=start, total=total,
       resumed=meta is not None, mngr=mngr, meta=meta_out, writer=writer,

@@ -9,6 +9,7 @@ test_parallel.py run by default.
 import dataclasses
 import functools
 import json
+import logging as logging_std
 import os
 import pathlib
 import shutil
@@ -249,6 +250,40 @@ def test_resume_logs_changed_settings(tiny_run, tmp_path, monkeypatch):
   changed = [s for s in seen if 'changed settings' in s]
   assert len(changed) == 1
   assert 'batch_size: 4 -> 8' in changed[0] and 'lr: 0.01 -> 0.02' in changed[0]
+
+
+@pytest.mark.fast_compile
+def test_the_step_compiles_once_in_the_background(tiny_run, tmp_path):
+  # train_l2m starts tracing and compiling the step in a thread before the
+  # state restores (here) or initialises; train_loop's compile_ahead must
+  # then find it in JAX's caches: one trace, one lowering, both in that
+  # thread (a mismatch of the abstract inputs would compile again here).
+  workdir = _copy_run(tiny_run, tmp_path)
+  config = conftest.run_config(tiny_run.data, tiny_run.weights)
+  config.total_iters = int(config.total_iters) + 1
+  seen = []
+
+  class Handler(logging_std.Handler):
+
+    def emit(self, record):
+      message = record.getMessage()
+      if ('train_step' in message and
+          message.startswith(('Finished tracing', 'Compiling jit'))):
+        kind = 'trace' if message.startswith('Finished') else 'lower'
+        seen.append((kind, record.threadName))
+
+  handler = Handler()
+  logging_std.getLogger('jax').addHandler(handler)
+  # The global setting: `jax.log_compiles()` as a context is thread-local.
+  jax.config.update('jax_log_compiles', True)
+  try:
+    state = train_l2m.train_and_evaluate(config, str(workdir))
+  finally:
+    jax.config.update('jax_log_compiles', False)
+    logging_std.getLogger('jax').removeHandler(handler)
+  assert int(parallel.unreplicate_to_host(state.step)) == 5
+  assert sorted(seen) == [('lower', 'step-compile'),
+                          ('trace', 'step-compile')], seen
 
 
 @pytest.mark.fast_compile
