@@ -38,6 +38,7 @@ fresh workdir when changing training settings). Library INFO logging
 (orbax, clu, TensorFlow, parameter tables) is off unless --verbose.
 """
 
+import importlib
 import json
 import os
 import pathlib
@@ -186,8 +187,13 @@ def training_data_tag(config) -> str:
           f'seed{int(d.data_seed)}')
 
 
-def generate_data(config, workdir: str) -> dict:
+def generate_data(config, workdir: str, meanwhile=None) -> dict:
   """Stage 1: writes <workdir>/data/{train,val}/<domain>/*.png; sets data_dir.
+
+  The faces are rendered and written by a child process
+  (`synthetic_faces_folders.ExportProcess`) while this one runs
+  `meanwhile()` (the demo imports TensorFlow then); the later stages then
+  read the faces back from the folder instead of rendering them again.
 
   Returns:
     The export info of `synthetic_faces_folders.export_folder_layout`
@@ -202,11 +208,25 @@ def generate_data(config, workdir: str) -> dict:
   work.mkdir(parents=True, exist_ok=True)
   _say(f'1/{NUM_STAGES} data: {d.num_train}+{d.num_val} generated faces at '
        f'{size}px (attribute {d.attribute!r}, seed {d.data_seed})')
-  info = synthetic_faces_folders.export_folder_layout(
+  export = synthetic_faces_folders.ExportProcess(
       work / 'data', d.attribute, image_size=size, num_train=d.num_train,
-      num_val=d.num_val, seed=d.data_seed, overwrite=True,
-      progress=lambda m: _say(f'    {m}'),
-      generate=_rendered_faces)  # the later stages reuse the rendered faces
+      num_val=d.num_val, seed=d.data_seed, overwrite=True)
+  try:
+    if meanwhile is not None:
+      meanwhile()
+    info = export.wait(progress=lambda m: _say(f'    {m}'))
+  finally:
+    export.kill()
+  # The later stages reuse these faces (the files hold the rendered pixels).
+  for split in ('train', 'val'):
+    num = int(d.num_train if split == 'train' else d.num_val)
+    key = (num, size, int(d.data_seed), split)
+    with _FACES_LOCK:
+      if key not in _FACES:
+        arrays = synthetic_faces_folders.load_arrays(work / 'data', split)
+        for a in arrays.values():
+          a.setflags(write=False)
+        _FACES[key] = arrays
   config.data_dir = str(work / 'data')
   config.training_data = training_data_tag(config)
   return info
@@ -988,6 +1008,10 @@ def _verbose() -> bool:
     return False
 
 
+def _import_input_pipeline() -> None:
+  importlib.import_module('l2m_jax.input_pipeline')
+
+
 def run_demo(config, workdir: str) -> dict:
   """Runs the whole demo; returns the metrics dict (also written to JSON).
 
@@ -1008,16 +1032,17 @@ def run_demo(config, workdir: str) -> dict:
   timings, extra = {}, {}
 
   t = time.time()
-  info = generate_data(config, str(work))
-  timings['data_s'] = time.time() - t
-  _say(f'    data {"reused" if info.get("reused") else "ready"} in '
-       f'{timings["data_s"]:.1f}s: {info["counts"]}')
   # TensorFlow Datasets imports parts of itself under etils'
   # `epy.lazy_imports()`, which swaps `builtins.__import__` for the whole
   # process meanwhile: an import statement run by another thread then fails
   # or yields a stub module. So the input pipeline (TensorFlow, TFDS) is
-  # imported before the metric models' thread starts.
-  from l2m_jax import input_pipeline  # pylint: disable=g-import-not-at-top,unused-import
+  # imported before the metric models' thread starts: while a child process
+  # writes the data.
+  info = generate_data(config, str(work), meanwhile=_import_input_pipeline)
+  timings['data_s'] = time.time() - t
+  _say(f'    data {"reused" if info.get("reused") else "ready"} in '
+       f'{timings["data_s"]:.1f}s (TensorFlow imported meanwhile): '
+       f'{info["counts"]}')
   # The metric models need only the data: they train in the background,
   # paused while the GAN's steps run (MetricModelsJob).
   job = MetricModelsJob(config)

@@ -256,6 +256,38 @@ def test_metric_models_job_pauses_and_matches_the_main_thread():
     em.train_model = saved
 
 
+def test_generate_data_renders_in_a_child_process(tmp_path, monkeypatch):
+  """Stage 1 renders in a child process while `meanwhile` runs here; the
+  later stages get the rendered faces without rendering them again."""
+  config = demo_config.get_config('quick')
+  render = sf.generate_arrays
+
+  def no_render(*unused_args):
+    raise AssertionError('faces rendered in the demo process')
+
+  monkeypatch.setattr(demo, '_FACES', {})
+  monkeypatch.setattr(sf, 'generate_arrays', no_render)
+  calls = []
+  info = demo.generate_data(config, str(tmp_path),
+                            meanwhile=lambda: calls.append('meanwhile'))
+  assert calls == ['meanwhile'] and not info['reused']
+  d = config.demo
+  for split, num in (('train', d.num_train), ('val', d.num_val)):
+    got = demo._faces(config, split)  # pylint: disable=protected-access
+    ref = render(num, int(config.img_size), int(d.data_seed), split)
+    assert sorted(got) == sorted(ref)
+    for k, v in ref.items():
+      assert got[k].dtype == v.dtype, k
+      np.testing.assert_array_equal(got[k], v, err_msg=k)
+      assert not got[k].flags.writeable
+  # A rerun reuses the folder and reads the faces from it.
+  monkeypatch.setattr(demo, '_FACES', {})
+  assert demo.generate_data(config, str(tmp_path))['reused']
+  np.testing.assert_array_equal(
+      demo._faces(config, 'val')['image'],  # pylint: disable=protected-access
+      render(d.num_val, int(config.img_size), int(d.data_seed), 'val')['image'])
+
+
 def test_demo_stages_smoke(tmp_path, capsys):
   """Every stage but the GAN training loop; metrics recomputed from files."""
   config = demo_config.get_config('quick')
@@ -435,7 +467,12 @@ def test_demo_stops_without_evaluating_after_a_preempted_training(
     tmp_path, monkeypatch, capsys):
   """Training stopped early (SIGTERM): no evaluation, a line on resuming."""
   config = demo_config.get_config('quick')
-  monkeypatch.setattr(demo, 'generate_data', lambda c, w: {'counts': {}})
+  def fake_data(unused_config, unused_workdir, meanwhile=None):
+    if meanwhile is not None:
+      meanwhile()
+    return {'counts': {}}
+
+  monkeypatch.setattr(demo, 'generate_data', fake_data)
   monkeypatch.setattr(demo, 'train_landmarks', lambda c, w: {})
   monkeypatch.setattr(demo, 'train_preservation', lambda c, w: {})
 

@@ -233,3 +233,41 @@ def test_counterfactuals_and_preserved_targets():
              lambda: sf.preserved_targets(arrays, 'beard')):
     with pytest.raises(ValueError, match="unknown attribute 'beard'"):
       fn()
+
+
+def test_export_process_and_load_arrays(tmp_path):
+  # export_folder_layout in a child process: the same files and result as
+  # in this one, progress lines passed on; load_arrays reads back exactly
+  # what generate_arrays renders, dtypes included.
+  root, ref_root = tmp_path / 'faces', tmp_path / 'ref'
+  settings = dict(image_size=32, num_train=10, num_val=4, seed=1)
+  seen = []
+  info = sff.ExportProcess(root, 'eyeglasses', **settings).wait(
+      progress=seen.append)
+  ref_info = sff.export_folder_layout(ref_root, 'eyeglasses', **settings)
+  assert info == {**ref_info, 'root': str(root)}
+  assert [s.split(' to ')[0] for s in seen] == ['train: wrote 10 images',
+                                                'val: wrote 4 images']
+  written = sorted(p.relative_to(root) for p in root.rglob('*') if p.is_file())
+  assert written == sorted(p.relative_to(ref_root) for p in ref_root.rglob('*')
+                           if p.is_file())
+  for rel in written:
+    if rel.suffix == '.png':
+      assert (root / rel).read_bytes() == (ref_root / rel).read_bytes(), rel
+  for split, num in (('train', 10), ('val', 4)):
+    got = sff.load_arrays(root, split)
+    ref = sf.generate_arrays(num, 32, seed=1, split=split)
+    assert sorted(got) == sorted(ref)
+    for k, v in ref.items():
+      assert got[k].dtype == v.dtype, k
+      np.testing.assert_array_equal(got[k], v, err_msg=k)
+  # The child's errors come back with their type and message.
+  with pytest.raises(FileExistsError, match='overwrite'):
+    sff.ExportProcess(root, 'smiling', **settings).wait()
+  with pytest.raises(ValueError, match='moustache'):
+    sff.ExportProcess(tmp_path / 'bad', 'moustache', **settings).wait()
+  # A damaged image is named.
+  victim = root / str(sff.load_features(root, 'val')['path'][0])
+  victim.write_bytes(b'not a png')
+  with pytest.raises(ValueError, match=victim.name):
+    sff.load_arrays(root, 'val')

@@ -99,3 +99,111 @@ def load_features(root: str | pathlib.Path, split: str
                             'export_folder_layout?')
   with np.load(path) as f:
     return {k: f[k] for k in f.files}
+
+
+def load_arrays(root: str | pathlib.Path, split: str) -> dict[str, np.ndarray]:
+  """The `synthetic_faces.generate_arrays` dict of a split in `root`.
+
+  Read back from what `export_folder_layout` wrote: the features file and
+  the PNGs (lossless), so the arrays equal those it rendered, dtypes
+  included; about a tenth of the time of rendering them again.
+  """
+  root = pathlib.Path(root)
+  feats = load_features(root, split)
+  images = []
+  for rel in feats['path']:
+    try:
+      with Image.open(root / str(rel)) as im:
+        images.append(np.asarray(im.convert('RGB')))
+    except (OSError, ValueError) as e:
+      raise ValueError(f'{root / str(rel)}: unreadable image ({e}); '
+                       f'rewrite {root} with export_folder_layout') from None
+  out = {'image': np.stack(images).astype(np.uint8),
+         'identity': feats['identity'].astype(np.float32),
+         'hair_style': feats['hair_style'].astype(np.int32),
+         'index': feats['index'].astype(np.int64)}
+  out.update({a: feats[a].astype(np.int32) for a in sf.ATTRIBUTES})
+  return out
+
+
+# Errors of export_folder_layout that a child process passes back by name.
+_CHILD_ERRORS = {'ValueError': ValueError, 'FileExistsError': FileExistsError,
+                 'FileNotFoundError': FileNotFoundError,
+                 'PermissionError': PermissionError, 'OSError': OSError}
+
+
+class ExportProcess:
+  """`export_folder_layout` running in a child Python process.
+
+  Rendering the faces is Python-bound: in a thread it would hold the
+  interpreter lock against whatever the caller does meanwhile (the demo
+  imports TensorFlow then, which needs it too). The child imports only
+  NumPy, PIL and this package's generator. `wait()` returns the function's
+  result; an error in the child is raised again here with its message.
+  """
+
+  def __init__(self, root: str | pathlib.Path, attribute: str, *,
+               image_size: int, num_train: int, num_val: int, seed: int,
+               overwrite: bool = False):
+    import os  # pylint: disable=g-import-not-at-top
+    import subprocess  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
+    self.root = pathlib.Path(root)
+    args = dict(root=str(self.root), attribute=attribute,
+                image_size=int(image_size), num_train=int(num_train),
+                num_val=int(num_val), seed=int(seed),
+                overwrite=bool(overwrite))
+    package_root = str(pathlib.Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join(
+        p for p in (package_root, env.get('PYTHONPATH')) if p)
+    self._proc = subprocess.Popen(
+        [sys.executable, '-m', __name__, json.dumps(args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+  def wait(self, progress=None) -> dict[str, Any]:
+    """The export's result; `progress(message)` gets its progress lines."""
+    try:
+      out, err = self._proc.communicate()
+    finally:
+      self.kill()
+    lines = out.splitlines()
+    for line in lines:
+      if not line.startswith(_RESULT) and progress is not None:
+        progress(line)
+    results = [l[len(_RESULT):] for l in lines if l.startswith(_RESULT)]
+    if self._proc.returncode == 0 and results:
+      return json.loads(results[-1])
+    last = [l for l in err.strip().splitlines() if l.strip()][-1:] or ['']
+    name, _, message = last[0].partition(': ')
+    if name in _CHILD_ERRORS:
+      raise _CHILD_ERRORS[name](message)
+    raise RuntimeError(
+        f'{self.root}: writing the generated faces failed in a child '
+        f'process (exit {self._proc.returncode}): {err.strip()[-2000:]}')
+
+  def kill(self) -> None:
+    """Stops the child if it still runs (the caller stopped early)."""
+    if self._proc.poll() is None:
+      self._proc.kill()
+      self._proc.wait()
+
+
+_RESULT = 'EXPORT_RESULT '
+
+
+def _child_main(argv: list[str]) -> int:
+  import sys  # pylint: disable=g-import-not-at-top
+  args = json.loads(argv[0])
+  try:
+    info = export_folder_layout(**args, progress=lambda m: print(m, flush=True))
+  except Exception as e:  # pylint: disable=broad-except
+    print(f'{type(e).__name__}: {e}', file=sys.stderr)
+    return 1
+  print(_RESULT + json.dumps(info), flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.exit(_child_main(sys.argv[1:]))
