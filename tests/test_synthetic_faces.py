@@ -6,9 +6,11 @@ renderer's geometry.
 """
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -271,3 +273,37 @@ def test_export_process_and_load_arrays(tmp_path):
   victim.write_bytes(b'not a png')
   with pytest.raises(ValueError, match=victim.name):
     sff.load_arrays(root, 'val')
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'),
+                    reason='the parent-death signal is Linux-only')
+def test_export_process_ends_with_its_parent(tmp_path):
+  # A parent killed outright (SIGKILL: no finally, no handler) takes the
+  # export's child process with it, so no writer outlives a stopped demo.
+  script = (
+      'import os, signal, sys\n'
+      'from l2m_jax.datasets import synthetic_faces_folders as sff\n'
+      f'p = sff.ExportProcess({str(tmp_path / "faces")!r}, "smiling", '
+      'image_size=32, num_train=20000, num_val=10, seed=0)\n'
+      'print(p._proc.pid, flush=True)\n'
+      'import time; time.sleep(1.0)\n'
+      'os.kill(os.getpid(), signal.SIGKILL)\n')
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  out = subprocess.run([sys.executable, '-c', script], cwd=repo,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, 'PYTHONPATH': str(repo)})
+  assert out.returncode == -9, out.stderr
+  child = int(out.stdout.split()[0])
+
+  def running():
+    try:
+      state = pathlib.Path(f'/proc/{child}/stat').read_text().split(') ')[1][0]
+    except (FileNotFoundError, ProcessLookupError):
+      return False
+    return state not in 'ZX'
+
+  deadline = time.monotonic() + 10
+  while running() and time.monotonic() < deadline:
+    time.sleep(0.1)
+  assert not running()
+  assert not (tmp_path / 'faces' / 'counts.json').exists()

@@ -140,6 +140,8 @@ class ExportProcess:
   imports TensorFlow then, which needs it too). The child imports only
   NumPy, PIL and this package's generator. `wait()` returns the function's
   result; an error in the child is raised again here with its message.
+  On Linux the child ends with the thread that started it (killed or not),
+  so start and wait in one long-lived thread.
   """
 
   def __init__(self, root: str | pathlib.Path, attribute: str, *,
@@ -152,7 +154,7 @@ class ExportProcess:
     args = dict(root=str(self.root), attribute=attribute,
                 image_size=int(image_size), num_train=int(num_train),
                 num_val=int(num_val), seed=int(seed),
-                overwrite=bool(overwrite))
+                overwrite=bool(overwrite), parent_pid=os.getpid())
     package_root = str(pathlib.Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(
@@ -192,9 +194,29 @@ class ExportProcess:
 _RESULT = 'EXPORT_RESULT '
 
 
+def _exit_with_parent(parent_pid: int | None) -> None:
+  """Ends this child when its parent ends, killed or not (Linux).
+
+  A demo stopped during its first stage must not leave a writer behind
+  that a rerun in the same folder would race with.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig,
+                                            int(signal.SIGKILL))
+  except (OSError, AttributeError):  # not Linux: the parent kills it on errors
+    pass
+  if parent_pid is not None and os.getppid() != parent_pid:
+    os._exit(1)  # the parent ended before the death signal was set
+
+
 def _child_main(argv: list[str]) -> int:
   import sys  # pylint: disable=g-import-not-at-top
   args = json.loads(argv[0])
+  _exit_with_parent(args.pop('parent_pid', None))
   try:
     info = export_folder_layout(**args, progress=lambda m: print(m, flush=True))
   except Exception as e:  # pylint: disable=broad-except
