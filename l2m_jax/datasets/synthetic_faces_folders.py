@@ -23,8 +23,8 @@ from l2m_jax.datasets import synthetic_faces as sf
 def export_folder_layout(root: str | pathlib.Path, attribute: str = 'smiling',
                          image_size: int = 64, num_train: int = 2000,
                          num_val: int = 200, seed: int = 0,
-                         overwrite: bool = False, progress=None,
-                         generate=None) -> dict[str, Any]:
+                         overwrite: bool = False, progress=None
+                         ) -> dict[str, Any]:
   """Writes `root/{train,val}/<domain>/<index>.png` for one attribute.
 
   Domains are DOMAINS[attribute] (sorted, label 0 = attribute absent). Next
@@ -40,10 +40,6 @@ def export_folder_layout(root: str | pathlib.Path, attribute: str = 'smiling',
     image_size, num_train, num_val, seed: generation settings.
     overwrite: replace an existing non-empty `root`.
     progress: optional callable(message) for progress lines.
-    generate: optional stand-in for `synthetic_faces.generate_arrays`, called
-      as generate(num, image_size, seed, split); it must return that
-      function's arrays (a caller that renders the faces anyway passes its
-      cache, so that they are rendered once).
 
   Returns:
     {'root', 'domains', 'counts': {split: {domain: n}}}.
@@ -67,7 +63,7 @@ def export_folder_layout(root: str | pathlib.Path, attribute: str = 'smiling',
     shutil.rmtree(root)
   counts = {}
   for split, num in (('train', num_train), ('val', num_val)):
-    data = (generate or sf.generate_arrays)(num, image_size, seed, split)
+    data = sf.generate_arrays(num, image_size, seed, split)
     counts[split] = {d: 0 for d in sf.DOMAINS[attribute]}
     files = []
     for d in sf.DOMAINS[attribute]:
