@@ -638,9 +638,7 @@ class CompiledStep:
 class BackgroundCompile:
   """A step's ahead-of-time compilation running in a daemon thread.
 
-  `wait()` joins it. An error in the thread is not raised there: the
-  `compile_ahead` that follows meets the same inputs and raises it with
-  the caller's stack (or succeeds, when the inputs differ).
+  `wait()` joins it and raises what the compilation raised, if anything.
   """
 
   def __init__(self, step: CompiledStep, state, batch, *args):
@@ -664,6 +662,8 @@ class BackgroundCompile:
   def wait(self) -> None:
     if self._thread is not None:
       self._thread.join()
+    if self.error is not None:
+      raise self.error
 
 
 def compile_step(step_fn: Callable[..., Any], mesh: jax.sharding.Mesh,

@@ -322,6 +322,47 @@ def test_train_loop_dispatches_through_the_window(mode, tmp_path,
                parallel.unreplicate_to_host(final), want_state)
 
 
+@pytest.mark.parametrize('mode', ['shard_map', 'pmap'])
+def test_compile_in_background_then_compile_ahead_traces_once(mode):
+  # The step's Python body runs once per trace. A background compilation
+  # for abstract inputs (ShapeDtypeStructs with the shardings the layout
+  # helpers give) must leave compile_ahead on the concrete inputs nothing to
+  # trace; under pmap nothing starts in the background.
+  traces = []
+
+  def step(state, batch, scale):
+    traces.append(1)
+    g = jax.lax.pmean(jnp.mean(batch['x'], axis=0) * scale, parallel.DATA_AXIS)
+    return {'w': state['w'] - 0.1 * g}, {'g': jnp.sum(g)}
+
+  mesh = parallel.make_mesh(2)
+  compiled = parallel.compile_step(step, mesh, mode, num_args=1)
+  state = compiled.put_state(
+      parallel.init_replicated(lambda: {'w': jnp.zeros(3)}, mesh))
+  batch = compiled.put_batch({'x': np.ones((4, 3), np.float32)})
+  scale = compiled.put_args(jnp.float32(2.0))
+  rep, data = parallel.replicated_sharding(mesh), parallel.data_sharding(mesh)
+  abstract = lambda tree, sharding: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      tree)
+  compiled.compile_in_background(abstract({'w': jnp.zeros(3)}, rep),
+                                 abstract({'x': np.ones((4, 3), np.float32)},
+                                          data), scale).wait()
+  assert len(traces) == (1 if mode == 'shard_map' else 0)
+  ready = compiled.compile_ahead(state, batch, scale)
+  assert len(traces) == 1
+  new, _ = ready(state, batch, scale)
+  np.testing.assert_allclose(
+      parallel.unreplicate_to_host(ready.get_state(new))['w'], [-0.2] * 3)
+  # What the compilation raises, wait() raises.
+  wrong = abstract({'x': np.ones((4, 5), np.float32)}, data)
+  background = compiled.compile_in_background(
+      abstract({'w': jnp.zeros(3)}, rep), wrong, scale)
+  if mode == 'shard_map':
+    with pytest.raises(TypeError):
+      background.wait()
+
+
 def test_compilation_cache_is_written_and_reused(tmp_path):
   # In a fresh process (JAX reads the cache setting once): the first run
   # compiles and writes the cache, the second loads it.
