@@ -398,7 +398,7 @@ def abstract_state(init_fn: Callable[[], Any], mesh: jax.sharding.Mesh
   """The train state's shapes and dtypes, replicated over `mesh`.
 
   Weak types are dropped: a restored state has none, and an initialised
-  one is made alike (`training.restore_or_init`), so that the step compiled
+  one is made alike (`parallel.init_replicated`), so that the step compiled
   for these inputs serves both.
   """
   rep = parallel.replicated_sharding(mesh)
