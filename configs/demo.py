@@ -4,7 +4,7 @@ Derives from configs/l2m_celebahq.py (the paper settings) and shrinks it to
 32-px generated faces and narrow networks. A whole demo (data, the two helper
 networks, 1200 GAN steps, metrics) takes under 10 minutes on a quiet 2-core
 CPU, more in the machine's slow states (docs/demo.md: 8 min 59 s to 9 min
-27 s in five runs at 2.4 to 2.8 steps/s; 15 to 20 minutes in the slow states
+27 s in six runs at 2.4 to 2.8 steps/s; 15 to 20 minutes in the slow states
 of earlier days; the GAN is most of it, 1.3 to 2.8 steps/s over 2 CPU
 devices).
 Run:
