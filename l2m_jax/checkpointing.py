@@ -161,10 +161,9 @@ def _all_finite(x: Any) -> bool:
 def nonfinite_leaves(state: Any) -> list[str]:
   """Paths of the state's arrays holding NaN or inf.
 
-  Checked on the host copy of one replica (the copy a save writes and
-  `fingerprint` reads), array by array: no program to compile, so the first
-  save of a run does not wait for one (about 3 s for the demo's state on a
-  CPU).
+  Checked on a host copy of one replica (as `fingerprint` reads it), array
+  by array: no program to compile, so the first save of a run does not wait
+  for one (about 3 s for the demo's state on a CPU).
   """
   named = [item for v in _groups(state).values() for item in v]
   return [path for path, x in named if not _all_finite(x)]

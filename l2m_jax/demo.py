@@ -38,6 +38,7 @@ fresh workdir when changing training settings). Library INFO logging
 (orbax, clu, TensorFlow, parameter tables) is off unless --verbose.
 """
 
+import functools
 import importlib
 import json
 import os
@@ -138,7 +139,7 @@ _FACES_LOCK = threading.Lock()
 
 
 def _faces(config, split: str) -> dict:
-  """The demo's generated train or val faces, rendered once per process.
+  """The demo's generated train or val faces, made once per process.
 
   The landmark, preservation and metric stages all need the same arrays;
   rendering 2000 faces takes a few seconds each time. The arrays are
@@ -149,14 +150,18 @@ def _faces(config, split: str) -> dict:
   return _rendered_faces(num, int(config.img_size), int(d.data_seed), split)
 
 
-def _rendered_faces(num: int, image_size: int, seed: int, split: str
-                    ) -> dict:
-  """`synthetic_faces.generate_arrays`, rendered once per process."""
+def _rendered_faces(num: int, image_size: int, seed: int, split: str,
+                    make=None) -> dict:
+  """`synthetic_faces.generate_arrays`, made once per process.
+
+  `make()`, when given, returns those arrays otherwise (stage 1 reads them
+  back from the folder it wrote).
+  """
   from l2m_jax.datasets import synthetic_faces as sf  # pylint: disable=g-import-not-at-top
   key = (int(num), int(image_size), int(seed), split)
   with _FACES_LOCK:
     if key not in _FACES:
-      arrays = sf.generate_arrays(*key)
+      arrays = make() if make is not None else sf.generate_arrays(*key)
       for a in arrays.values():
         a.setflags(write=False)
       _FACES[key] = arrays
@@ -220,13 +225,9 @@ def generate_data(config, workdir: str, meanwhile=None) -> dict:
   # The later stages reuse these faces (the files hold the rendered pixels).
   for split in ('train', 'val'):
     num = int(d.num_train if split == 'train' else d.num_val)
-    key = (num, size, int(d.data_seed), split)
-    with _FACES_LOCK:
-      if key not in _FACES:
-        arrays = synthetic_faces_folders.load_arrays(work / 'data', split)
-        for a in arrays.values():
-          a.setflags(write=False)
-        _FACES[key] = arrays
+    _rendered_faces(num, size, int(d.data_seed), split,
+                    make=functools.partial(synthetic_faces_folders.load_arrays,
+                                           work / 'data', split))
   config.data_dir = str(work / 'data')
   config.training_data = training_data_tag(config)
   return info

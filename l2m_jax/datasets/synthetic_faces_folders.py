@@ -161,10 +161,7 @@ class ExportProcess:
 
   def wait(self, progress=None) -> dict[str, Any]:
     """The export's result; `progress(message)` gets its progress lines."""
-    try:
-      out, err = self._proc.communicate()
-    finally:
-      self.kill()
+    out, err = self._proc.communicate()
     lines = out.splitlines()
     for line in lines:
       if not line.startswith(_RESULT) and progress is not None:
